@@ -1,0 +1,1 @@
+"""The ``stablenew`` command line: one module per command group, wired in :mod:`.app`."""

@@ -1,0 +1,93 @@
+"""Shared CLI plumbing: consoles, exit codes, and turning StableNew errors into one clean line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from stablenew.errors import (
+    ConfigError,
+    JobNotFound,
+    OrchestrationError,
+    PackError,
+    PrefectUnavailable,
+    StableNewError,
+    WebUIError,
+)
+
+# Documented in docs/cli.md; scripts rely on them.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran but jobs failed, or an unexpected error
+EXIT_BAD_INPUT = 2  # invalid pack, settings, arguments, unknown job
+EXIT_UNAVAILABLE = 3  # Prefect server or WebUI not reachable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def print_json(data: Any) -> None:
+    """Machine output: one JSON document on stdout, nothing else."""
+    typer.echo(json.dumps(data, default=str, ensure_ascii=False))
+
+
+def _code_for(error: StableNewError) -> int:
+    if isinstance(error, PackError | ConfigError | JobNotFound):
+        return EXIT_BAD_INPUT
+    if isinstance(error, PrefectUnavailable):
+        return EXIT_UNAVAILABLE
+    if isinstance(error, WebUIError) and error.retryable:
+        return EXIT_UNAVAILABLE
+    if isinstance(error, OrchestrationError):
+        return EXIT_FAILED
+    return EXIT_FAILED
+
+
+@contextmanager
+def handle_errors() -> Iterator[None]:
+    """Known errors become one line and an exit code; unexpected ones too, unless debugging.
+
+    ``STABLENEW_DEBUG=1`` re-raises so tests and bug reports see the traceback.
+    """
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except PackError as e:
+        for issue in e.issues:
+            err_console.print(str(issue), highlight=False, markup=False)
+        err_console.print(f"[bold red]error:[/] {len(e.issues)} problem(s); nothing was queued.")
+        raise typer.Exit(EXIT_BAD_INPUT) from e
+    except StableNewError as e:
+        if os.environ.get("STABLENEW_DEBUG"):
+            raise
+        fail(str(e), _code_for(e))
+    except Exception as e:
+        if os.environ.get("STABLENEW_DEBUG"):
+            raise
+        fail(f"unexpected {type(e).__name__}: {e}", EXIT_FAILED)
+
+
+def guarded(fn: Callable[P, R]) -> Callable[P, R]:
+    """Decorator form of :func:`handle_errors` for command functions."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with handle_errors():
+            return fn(*args, **kwargs)
+
+    return wrapper

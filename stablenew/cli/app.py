@@ -1,0 +1,22 @@
+"""Root of the ``stablenew`` CLI. Each command group registers itself from its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from stablenew.cli import pack, webui_sim
+
+app = typer.Typer(
+    name="stablenew",
+    help="StableNew: prompt packs to Stable Diffusion images at scale, on Prefect.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for _group in (pack, webui_sim):
+    _group.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,166 @@
+"""The one exception tree of StableNew.
+
+::
+
+    StableNewError
+    ├── ConfigError (ValueError)            a settings file or variable is invalid
+    ├── PackError (ValueError)              a pack has problems; carries every PackIssue at once
+    ├── WebUIError                          anything the WebUI boundary raises
+    │   ├── WebUIUnreachable                connection refused / reset / DNS   (retryable)
+    │   ├── WebUITimeout                    no answer within the read timeout  (retryable)
+    │   ├── WebUIAuthError                  401                                (not retryable)
+    │   ├── WebUIRequestRejected            422 / 404 / 400: the request is wrong (not retryable)
+    │   ├── WebUIServerError                500 and other 5xx                  (retryable)
+    │   │   └── WebUIOutOfMemory            CUDA OOM                           (retryable)
+    │   └── WebUIInterrupted                answered 200 after an interrupt    (not retryable)
+    ├── OrchestrationError                  Prefect-side problems
+    │   ├── PrefectUnavailable              no Prefect API at the URL tried
+    │   └── SubmissionError                 a submit call failed; says what was rolled back
+    ├── JobNotFound (LookupError)           no job with that id
+    └── HistoryError                        the history store failed (never fails a job)
+
+Library exceptions are translated once per boundary (``raise ... from e``), so callers only
+ever catch these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class StableNewError(Exception):
+    """Root of every error StableNew raises on purpose."""
+
+
+class ConfigError(StableNewError, ValueError):
+    """Settings could not be loaded; names the file or variable."""
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        self.source = source
+        super().__init__(f"{source}: {message}" if source else message)
+
+
+@dataclass(frozen=True, slots=True)
+class PackIssue:
+    """One problem in a pack, located as precisely as the input allows."""
+
+    path: str
+    line: int | None
+    field: str
+    expected: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        field = self.field or "<pack>"
+        return f"{where}: {field}: {self.expected}"
+
+
+class PackError(StableNewError, ValueError):
+    """A pack was rejected. ``issues`` lists every problem found, not just the first."""
+
+    def __init__(self, issues: Sequence[PackIssue]) -> None:
+        if not issues:
+            raise ValueError("PackError needs at least one issue")
+        self.issues: tuple[PackIssue, ...] = tuple(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+    @property
+    def path(self) -> str:
+        return self.issues[0].path
+
+
+class WebUIError(StableNewError):
+    """A call to the WebUI failed.
+
+    ``body`` is a short excerpt of the response (never request data, so no credentials),
+    ``retryable`` tells the caller whether the same request may succeed later.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        status: int | None = None,
+        body: str = "",
+        retryable: bool | None = None,
+    ) -> None:
+        self.url = url
+        self.status = status
+        self.body = body[:500]
+        if retryable is not None:
+            self.retryable = retryable
+        status_part = f" [{status}]" if status is not None else ""
+        super().__init__(f"{message}{status_part} ({url})")
+
+
+class WebUIUnreachable(WebUIError):
+    retryable = True
+
+
+class WebUITimeout(WebUIError):
+    retryable = True
+
+
+class WebUIAuthError(WebUIError):
+    retryable = False
+
+
+class WebUIRequestRejected(WebUIError):
+    """The WebUI refused the request itself (422 validation, unknown script, missing image).
+
+    ``field`` is the offending field path from a 422 ``detail`` (e.g. ``body.steps``), if any.
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, *, field: str | None = None, **kwargs: object) -> None:
+        self.field = field
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+
+
+class WebUIServerError(WebUIError):
+    retryable = True
+
+
+class WebUIOutOfMemory(WebUIServerError):
+    retryable = True
+
+
+class WebUIInterrupted(WebUIError):
+    """The job was interrupted; A1111 still answers 200 with the partial images."""
+
+    retryable = False
+
+
+class OrchestrationError(StableNewError):
+    """Prefect-side failure."""
+
+
+class PrefectUnavailable(OrchestrationError):
+    def __init__(self, url: str, reason: str = "") -> None:
+        self.url = url
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"no Prefect server reachable at {url}{detail}")
+
+
+class SubmissionError(OrchestrationError):
+    """Submitting jobs failed; nothing from this call stays queued."""
+
+    def __init__(self, message: str, *, rolled_back: Sequence[str] = ()) -> None:
+        self.rolled_back = tuple(rolled_back)
+        suffix = f" ({len(self.rolled_back)} created run(s) cancelled)" if self.rolled_back else ""
+        super().__init__(message + suffix)
+
+
+class JobNotFound(StableNewError, LookupError):
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id!r}")
+
+
+class HistoryError(StableNewError):
+    """The history store failed. Logged and retried; it never fails a job."""
