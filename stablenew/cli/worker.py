@@ -1,0 +1,74 @@
+"""``stablenew worker``: one in-process worker bound to one WebUI (one GPU)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Any
+
+import typer
+
+from stablenew.cli._output import console, guarded
+
+
+def register(root: typer.Typer) -> None:
+    root.command("worker")(worker)
+
+
+@guarded
+def worker(
+    webui: str = typer.Option(..., "--webui", help="WebUI base URL this worker (GPU) uses."),
+    name: str = typer.Option(None, "--name", help="Worker name shown in Prefect."),
+    pool: str = typer.Option(None, "--pool", help="GPU work pool (default: settings)."),
+    poll_seconds: float = typer.Option(0.5, "--poll-seconds", help="How often to poll for jobs."),
+    control: bool = typer.Option(
+        False, "--control", help="Also serve the control pool (submit-pack, exports)."
+    ),
+) -> None:
+    """Run jobs from the GPU pool one at a time against one WebUI. Ctrl-C stops it."""
+    # The flow code running in this process reads the WebUI from settings.
+    os.environ["STABLENEW_WEBUI__URL"] = webui
+    from prefect.settings import (
+        PREFECT_WORKER_PREFETCH_SECONDS,
+        PREFECT_WORKER_QUERY_SECONDS,
+        temporary_settings,
+    )
+
+    from stablenew.orchestration.deployments import CONTROL_POOL
+    from stablenew.orchestration.webui_access import webui_client
+    from stablenew.orchestration.worker import StableNewWorker
+    from stablenew.settings import get_settings
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    client = webui_client(settings)
+    worker_name = name or f"gpu-{socket.gethostname()}-{os.getpid()}"
+
+    def readiness() -> str | None:
+        return None if client.is_ready() else f"WebUI at {webui} is not ready"
+
+    workers: list[StableNewWorker] = [
+        StableNewWorker(
+            work_pool_name=pool or settings.work_pool,
+            name=worker_name,
+            limit=1,  # one GPU = one job at a time
+            readiness_check=readiness,
+            interrupter=client.interrupt,
+        )
+    ]
+    if control:
+        workers.append(StableNewWorker(work_pool_name=CONTROL_POOL, name=f"{worker_name}-control"))
+
+    async def serve() -> None:
+        await asyncio.gather(*(w.start(printer=console.print) for w in workers))
+
+    updates: dict[Any, Any] = {
+        PREFECT_WORKER_QUERY_SECONDS: poll_seconds,
+        PREFECT_WORKER_PREFETCH_SECONDS: 0,
+    }
+    with temporary_settings(updates=updates):
+        try:
+            asyncio.run(serve())
+        except KeyboardInterrupt:
+            console.print("worker stopped")

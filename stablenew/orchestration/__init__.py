@@ -1,0 +1,1 @@
+"""Orchestration: Prefect pool, deployments, worker, job service, embedded stack."""

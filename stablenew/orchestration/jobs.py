@@ -1,0 +1,416 @@
+"""JobService: submit records as flow runs, cancel, pause/resume, and report status.
+
+Prefect holds the queue and the state; this service only creates, finds and transitions flow
+runs of the ``render-job`` deployment. A run is found again by its idempotency key, which is
+the record's ``job_id`` (``job_id~N`` for the N-th deliberate re-submission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import httpx
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import WorkPoolUpdate
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterIdempotencyKey,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled, Cancelling, Scheduled
+from pydantic import BaseModel, Field
+
+from stablenew.errors import JobNotFound, OrchestrationError, SubmissionError
+from stablenew.lifecycle import JobStatus, status_from_prefect
+from stablenew.orchestration._prefect import check_reachable, prefect_client
+from stablenew.orchestration.deployments import RENDER_DEPLOYMENT, RENDER_FLOW_NAME
+from stablenew.orchestration.pool import (
+    DEFAULT_PRIORITY,
+    PRIORITIES,
+    QUEUE_PRIORITY,
+    check_priority,
+)
+from stablenew.records import NormalizedJobRecord
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_RESUBMITS = 20
+SUBMIT_CONCURRENCY = 4
+PAGE = 200  # the server refuses larger pages
+_ACTIVE = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED, StateType.RUNNING]
+_QUEUED = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED]
+_RESUBMITTABLE = {StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+
+
+class JobRef(BaseModel):
+    """A job as Prefect currently sees it."""
+
+    job_id: str
+    flow_run_id: str
+    name: str
+    status: JobStatus
+    state_name: str | None = None
+    priority: str | None = None
+    pack_id: str | None = None
+    created: datetime | None = None
+    expected_start: datetime | None = None
+    message: str | None = None
+
+
+class QueueState(BaseModel):
+    status: str = Field(description="paused | running | idle")
+    pool: str
+    pending: list[JobRef] = Field(default_factory=list, description="In the order they will run.")
+    running: list[JobRef] = Field(default_factory=list)
+
+
+def _job_id_of(run: FlowRun) -> str:
+    key = run.idempotency_key or ""
+    return key.split("~", 1)[0] or str(run.id)
+
+
+def _tag_value(run: FlowRun, prefix: str) -> str | None:
+    for tag in run.tags:
+        if tag.startswith(prefix):
+            return tag[len(prefix) :]
+    return None
+
+
+def job_ref(run: FlowRun) -> JobRef:
+    state_type = run.state.type.value if run.state else None
+    return JobRef(
+        job_id=_job_id_of(run),
+        flow_run_id=str(run.id),
+        name=run.name,
+        status=status_from_prefect(state_type),
+        state_name=run.state.name if run.state else None,
+        priority=run.work_queue_name,
+        pack_id=_tag_value(run, "pack:"),
+        created=run.created,
+        expected_start=run.expected_start_time,
+        message=run.state.message if run.state else None,
+    )
+
+
+def run_tags(record: NormalizedJobRecord, priority: str) -> list[str]:
+    return [
+        "stablenew",
+        f"pack:{record.pack_id}",
+        f"priority:{priority}",
+        f"model:{record.model}",
+    ]
+
+
+async def _with_retry(call: Callable[[], Awaitable[T]], attempts: int = 6) -> T:
+    """Retry on the SQLite server's 503/429 and on dropped connections, with backoff."""
+    delay = 0.1
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except httpx.HTTPStatusError as e:
+            if e.response.status_code not in (429, 503) or attempt == attempts - 1:
+                raise
+        except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+            if attempt == attempts - 1:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class JobService:
+    """Submit and control jobs. Every method opens its own short-lived Prefect client."""
+
+    def __init__(self, *, pool: str = "stablenew-gpu") -> None:
+        self.pool = pool
+        self.deployment_name = f"{RENDER_FLOW_NAME}/{RENDER_DEPLOYMENT}"
+
+    # -- submission -------------------------------------------------------------------------
+
+    async def asubmit(
+        self,
+        records: Iterable[NormalizedJobRecord | dict[str, Any]],
+        priority: str = DEFAULT_PRIORITY,
+        *,
+        allow_duplicates: bool = False,
+    ) -> list[str]:
+        """Validate every record, then create one flow run each; all-or-nothing.
+
+        Returns job ids in input order. An identical record already queued, running or
+        completed is refused unless ``allow_duplicates``; one that failed or was cancelled
+        may be submitted again.
+        """
+        runs = await self.asubmit_runs(records, priority, allow_duplicates=allow_duplicates)
+        return [_job_id_of(r) for r in runs]
+
+    async def asubmit_runs(
+        self,
+        records: Iterable[NormalizedJobRecord | dict[str, Any]],
+        priority: str = DEFAULT_PRIORITY,
+        *,
+        allow_duplicates: bool = False,
+        on_created: Callable[[int], None] | None = None,
+    ) -> list[FlowRun]:
+        """:meth:`asubmit`, returning the created flow runs (input order)."""
+        prio = check_priority(priority)
+        valid = self._validate(records)
+        if not valid:
+            return []
+        submission = uuid.uuid4().hex
+        async with prefect_client() as client:
+            await check_reachable(client)
+            try:
+                deployment = await client.read_deployment_by_name(self.deployment_name)
+            except ObjectNotFound:
+                raise OrchestrationError(
+                    f"deployment {self.deployment_name!r} not found; run `stablenew deploy`"
+                ) from None
+
+            created: list[FlowRun | None] = [None] * len(valid)
+            sem = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+            done = 0
+            base = datetime.now(UTC)
+
+            async def create(i: int, rec: NormalizedJobRecord) -> None:
+                nonlocal done
+                # Workers take runs by expected start inside a queue: one microsecond apart
+                # keeps input order exact even though creations overlap.
+                when = base + timedelta(microseconds=i)
+                async with sem:
+                    created[i] = await self._create_one(
+                        client, deployment.id, rec, prio, submission, allow_duplicates, when
+                    )
+                done += 1
+                if on_created is not None:
+                    on_created(done)
+
+            # Let every creation finish (none is cancelled half-way, which could leave a run
+            # the server made but we never heard of), then roll back if any failed.
+            outcomes = await asyncio.gather(
+                *(create(i, rec) for i, rec in enumerate(valid)), return_exceptions=True
+            )
+            errors = [o for o in outcomes if isinstance(o, BaseException)]
+            if errors:
+                made = [r for r in created if r is not None]
+                await self._rollback(client, made)
+                raise SubmissionError(
+                    f"submission failed: {errors[0]}", rolled_back=[str(r.id) for r in made]
+                ) from errors[0]
+        return [r for r in created if r is not None]
+
+    def submit(
+        self,
+        records: Iterable[NormalizedJobRecord | dict[str, Any]],
+        priority: str = DEFAULT_PRIORITY,
+        *,
+        allow_duplicates: bool = False,
+    ) -> list[str]:
+        return asyncio.run(self.asubmit(records, priority, allow_duplicates=allow_duplicates))
+
+    def run_now(self, records: Iterable[NormalizedJobRecord | dict[str, Any]]) -> list[str]:
+        """Submit to the ``urgent`` queue: these run before anything already waiting."""
+        return self.submit(records, "urgent")
+
+    @staticmethod
+    def _validate(
+        records: Iterable[NormalizedJobRecord | dict[str, Any]],
+    ) -> list[NormalizedJobRecord]:
+        valid: list[NormalizedJobRecord] = []
+        problems: list[str] = []
+        seen: set[str] = set()
+        for i, item in enumerate(records):
+            try:
+                rec = (
+                    item
+                    if isinstance(item, NormalizedJobRecord)
+                    else NormalizedJobRecord.model_validate(item)
+                )
+            except ValueError as e:
+                problems.append(f"record #{i}: {e}")
+                continue
+            if rec.job_id in seen:
+                problems.append(f"record #{i}: duplicate job_id {rec.job_id} in this submission")
+            seen.add(rec.job_id)
+            valid.append(rec)
+        if problems:
+            shown = "\n".join(problems[:20])
+            more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise SubmissionError(
+                f"{len(problems)} invalid record(s), nothing queued:\n{shown}{more}"
+            )
+        return valid
+
+    async def _create_one(
+        self,
+        client: PrefectClient,
+        deployment_id: uuid.UUID,
+        rec: NormalizedJobRecord,
+        priority: str,
+        submission: str,
+        allow_duplicates: bool,
+        scheduled_time: datetime,
+    ) -> FlowRun:
+        for n in range(MAX_RESUBMITS + 1):
+            key = rec.job_id if n == 0 else f"{rec.job_id}~{n}"
+            run = await _with_retry(
+                lambda key=key: client.create_flow_run_from_deployment(  # type: ignore[misc]
+                    deployment_id,
+                    parameters={"record": rec.model_dump(mode="json")},
+                    name=rec.run_name,
+                    tags=run_tags(rec, priority),
+                    idempotency_key=key,
+                    work_queue_name=priority,
+                    context={"stablenew_submission": submission},
+                    state=Scheduled(scheduled_time=scheduled_time),
+                )
+            )
+            if run.context.get("stablenew_submission") == submission:
+                return run
+            existing = run.state.type if run.state else None
+            if existing in _RESUBMITTABLE or allow_duplicates:
+                continue
+            raise SubmissionError(
+                f"job {rec.job_id} is already submitted (flow run {run.id}, "
+                f"{run.state.name if run.state else 'no state'}); pass allow_duplicates to "
+                "run it again"
+            )
+        raise SubmissionError(f"job {rec.job_id} was re-submitted more than {MAX_RESUBMITS} times")
+
+    async def _rollback(self, client: PrefectClient, runs: Sequence[FlowRun]) -> None:
+        for run in runs:
+            try:
+                await client.set_flow_run_state(
+                    run.id, Cancelled(message="submission rolled back"), force=True
+                )
+            except Exception:
+                logger.exception("could not roll back flow run %s", run.id)
+
+    # -- lookup -----------------------------------------------------------------------------
+
+    async def _runs_for_job(self, client: PrefectClient, job_id: str) -> list[FlowRun]:
+        keys = [job_id, *(f"{job_id}~{n}" for n in range(1, MAX_RESUBMITS + 1))]
+        return await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(idempotency_key=FlowRunFilterIdempotencyKey(any_=keys)),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=len(keys),
+        )
+
+    async def _latest_run(self, client: PrefectClient, job_id: str) -> FlowRun:
+        runs = await self._runs_for_job(client, job_id)
+        if not runs:
+            raise JobNotFound(job_id)
+        return max(runs, key=lambda r: r.created or datetime.min)
+
+    async def astatus(self, job_id: str) -> JobRef:
+        async with prefect_client() as client:
+            return job_ref(await self._latest_run(client, job_id))
+
+    def status(self, job_id: str) -> JobRef:
+        return asyncio.run(self.astatus(job_id))
+
+    async def _pool_runs(
+        self, client: PrefectClient, states: list[StateType], tags: list[str] | None = None
+    ) -> list[FlowRun]:
+        runs: list[FlowRun] = []
+        flt = FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states)),
+            tags=FlowRunFilterTags(all_=tags) if tags else None,
+        )
+        while True:
+            page = await client.read_flow_runs(
+                flow_run_filter=flt,
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.pool])),
+                deployment_filter=DeploymentFilter(
+                    name=DeploymentFilterName(any_=[RENDER_DEPLOYMENT])
+                ),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                limit=PAGE,
+                offset=len(runs),
+            )
+            runs.extend(page)
+            if len(page) < PAGE:
+                return runs
+
+    async def aqueue_state(self) -> QueueState:
+        async with prefect_client() as client:
+            await check_reachable(client)
+            pool = await client.read_work_pool(self.pool)
+            queues = await client.read_work_queues(work_pool_name=self.pool)
+            runs = await self._pool_runs(client, _ACTIVE)
+        rank: dict[str, int] = {name: QUEUE_PRIORITY.get(name, 99) for name in PRIORITIES}
+        pending = sorted(
+            (job_ref(r) for r in runs if r.state_type in _QUEUED),
+            key=lambda j: (rank.get(j.priority or "", 99), j.expected_start or datetime.min),
+        )
+        running = [job_ref(r) for r in runs if r.state_type == StateType.RUNNING]
+        paused = pool.is_paused or (bool(queues) and all(q.is_paused for q in queues))
+        status = "paused" if paused else "running" if running else "idle"
+        return QueueState(status=status, pool=self.pool, pending=pending, running=running)
+
+    def queue_state(self) -> QueueState:
+        return asyncio.run(self.aqueue_state())
+
+    # -- control ----------------------------------------------------------------------------
+
+    async def _cancel_run(self, client: PrefectClient, run: FlowRun) -> JobRef:
+        state = run.state.type if run.state else None
+        if state == StateType.RUNNING:
+            # The worker sees CANCELLING, interrupts the WebUI and ends the run CANCELLED.
+            await client.set_flow_run_state(run.id, Cancelling(message="cancel requested"))
+        elif state in _QUEUED or state is None:
+            # Never started: straight to CANCELLED so no worker picks it up.
+            await client.set_flow_run_state(
+                run.id, Cancelled(message="cancelled while queued"), force=True
+            )
+        return job_ref(await client.read_flow_run(run.id))
+
+    async def acancel(self, job_id: str) -> JobRef:
+        async with prefect_client() as client:
+            return await self._cancel_run(client, await self._latest_run(client, job_id))
+
+    def cancel(self, job_id: str) -> JobRef:
+        return asyncio.run(self.acancel(job_id))
+
+    async def acancel_pack(self, pack_id: str) -> list[JobRef]:
+        async with prefect_client() as client:
+            runs = await self._pool_runs(client, _ACTIVE, tags=[f"pack:{pack_id}"])
+            return [await self._cancel_run(client, r) for r in runs]
+
+    def cancel_pack(self, pack_id: str) -> list[JobRef]:
+        return asyncio.run(self.acancel_pack(pack_id))
+
+    async def acancel_current(self) -> list[JobRef]:
+        async with prefect_client() as client:
+            runs = await self._pool_runs(client, [StateType.RUNNING])
+            return [await self._cancel_run(client, r) for r in runs]
+
+    def cancel_current(self) -> list[JobRef]:
+        return asyncio.run(self.acancel_current())
+
+    async def aset_paused(self, paused: bool) -> None:
+        async with prefect_client() as client:
+            await check_reachable(client)
+            await client.update_work_pool(self.pool, WorkPoolUpdate(is_paused=paused))
+
+    def pause(self) -> None:
+        """Pause the pool: the running job finishes, nothing new starts."""
+        asyncio.run(self.aset_paused(True))
+
+    def resume(self) -> None:
+        asyncio.run(self.aset_paused(False))

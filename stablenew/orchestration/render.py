@@ -1,0 +1,75 @@
+"""What the ``render-job`` flow does, kept out of ``flows/`` so it is testable without Prefect."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from typing import Any
+
+from PIL import Image
+
+from stablenew.errors import WebUIError, WebUIUnreachable
+from stablenew.orchestration.webui_access import webui_client
+from stablenew.outputs import OutputImage, write_job_outputs
+from stablenew.records import NormalizedJobRecord
+from stablenew.settings import get_settings
+from stablenew.webui import run_stages
+
+# Backoff between attempts of a stage chain that met a transient WebUI fault.
+RETRY_DELAYS: list[float] = [1.0, 2.0, 4.0]
+
+
+def wait_for_webui() -> str:
+    """Return the WebUI URL once it answers; bounded by ``webui.ready_timeout``."""
+    settings = get_settings()
+    client = webui_client(settings)
+    deadline = time.monotonic() + settings.webui.ready_timeout
+    while True:
+        if client.is_ready():
+            return client.base_url
+        if time.monotonic() >= deadline:
+            raise WebUIUnreachable(
+                f"WebUI not ready after {settings.webui.ready_timeout:.0f}s",
+                url=client.base_url,
+            )
+        time.sleep(0.5)
+
+
+def render_images(record: NormalizedJobRecord, cancel_event: threading.Event) -> list[OutputImage]:
+    result = run_stages(webui_client(), record, cancel_event=cancel_event)
+    outputs: list[OutputImage] = []
+    for image in result.images:
+        with Image.open(io.BytesIO(image.png)) as decoded:  # reads the header only
+            width, height = decoded.size
+        outputs.append(OutputImage(image.png, image.seed, image.infotext, width, height))
+    return outputs
+
+
+def is_transient_failure(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry only WebUI faults that may pass (5xx, OOM, timeouts)."""
+    try:
+        state.result()
+    except WebUIError as e:
+        return e.retryable
+    except Exception:
+        return False
+    return False
+
+
+def write_outputs(record: NormalizedJobRecord, images: list[OutputImage]) -> list[dict[str, Any]]:
+    written = write_job_outputs(get_settings().resolved_output_root, record, images)
+    return [
+        {
+            "path": str(w.path),
+            "seed": w.seed,
+            "size": f"{w.width}x{w.height}" if w.width and w.height else None,
+            "infotext": w.infotext,
+        }
+        for w in written
+    ]
+
+
+def artifact_rows(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table rows for the run's artifact (infotext shortened: the PNG holds the full one)."""
+    return [{**row, "infotext": (row["infotext"] or "")[:300]} for row in outputs]

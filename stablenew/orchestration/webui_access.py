@@ -1,0 +1,49 @@
+"""One warm WebUI client per process; credentials from env or a Prefect Secret block."""
+
+from __future__ import annotations
+
+import threading
+
+from stablenew.errors import ConfigError
+from stablenew.settings import Settings, get_settings
+from stablenew.webui import WebUIClient
+
+_lock = threading.Lock()
+_clients: dict[str, WebUIClient] = {}
+
+
+def _credentials(settings: Settings) -> tuple[str, str] | None:
+    webui = settings.webui
+    if webui.username and webui.password is not None:
+        return webui.username, webui.password.get_secret_value()
+    if webui.secret_block:
+        from prefect.blocks.system import Secret
+
+        value = str(Secret.load(webui.secret_block).get())  # type: ignore[union-attr]
+        user, sep, password = value.partition(":")
+        if not sep:
+            # Never echo the value: it is the secret.
+            raise ConfigError(
+                "Secret block must hold 'user:password'", source=f"block {webui.secret_block}"
+            )
+        return user, password
+    return None
+
+
+def webui_client(settings: Settings | None = None) -> WebUIClient:
+    """The process-wide client for the configured WebUI (kept warm across jobs)."""
+    settings = settings or get_settings()
+    url = settings.webui.url
+    if not url:
+        raise ConfigError("no WebUI configured", source="STABLENEW_WEBUI__URL")
+    with _lock:
+        client = _clients.get(url)
+        if client is None:
+            client = WebUIClient(
+                url,
+                auth=_credentials(settings),
+                connect_timeout=settings.webui.connect_timeout,
+                read_timeout=settings.webui.read_timeout,
+            )
+            _clients[url] = client
+        return client

@@ -1,0 +1,155 @@
+"""Jobs as Prefect flow runs, end to end on a real server, worker and simulator.
+
+Verifies priority order and FIFO, pause/resume, cancelling queued and running jobs (the
+simulator sees the interrupt), retry of transient WebUI faults, fast failure on rejected
+requests, one job at a time per worker, and the files a job writes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from stablenew.errors import SubmissionError
+from stablenew.lifecycle import JobStatus
+from stablenew.orchestration.jobs import JobService
+from tests.orchestration.conftest import LiveStack, make_record, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _wait_terminal(
+    service: JobService, job_ids: list[str], timeout: float = 90.0
+) -> dict[str, JobStatus]:
+    def done() -> dict[str, JobStatus] | None:
+        statuses = {j: service.status(j).status for j in job_ids}
+        return statuses if all(s.is_terminal for s in statuses.values()) else None
+
+    return wait_for(done, timeout=timeout, what=f"{len(job_ids)} job(s) to finish")  # type: ignore[no-any-return]
+
+
+def _started_prompts(live: LiveStack) -> list[str]:
+    events = sorted(live.stats()["events"], key=lambda e: e["start"])
+    return [e["prompt"] for e in events if e["kind"] == "txt2img"]
+
+
+def test_priority_order_and_fifo_within_a_queue(live: LiveStack) -> None:
+    service = JobService()
+    service.pause()
+    low = [make_record(f"low {i}") for i in range(3)]
+    normal = [make_record(f"normal {i}") for i in range(2)]
+    urgent = [make_record("urgent 0")]
+    ids = service.submit(low, "low") + service.submit(normal, "normal") + service.run_now(urgent)
+    order = [r.job_id for r in service.queue_state().pending]
+    assert order == [r.job_id for r in urgent + normal + low]
+    service.resume()
+    statuses = _wait_terminal(service, ids)
+    assert set(statuses.values()) == {JobStatus.COMPLETED}
+    assert _started_prompts(live) == ["urgent 0", "normal 0", "normal 1", "low 0", "low 1", "low 2"]
+
+
+def test_pause_holds_everything_then_resume_drains(live: LiveStack) -> None:
+    service = JobService()
+    service.pause()
+    assert service.queue_state().status == "paused"
+    ids = service.submit([make_record(f"paused {i}") for i in range(2)])
+    # Bounded observation window: the worker polls every 0.5 s, so 3 s is six chances.
+    time.sleep(3)
+    assert {service.status(j).status for j in ids} == {JobStatus.QUEUED}
+    assert live.stats()["events"] == []
+    service.resume()
+    assert set(_wait_terminal(service, ids).values()) == {JobStatus.COMPLETED}
+
+
+def test_cancel_queued_job_never_starts(live: LiveStack) -> None:
+    service = JobService()
+    service.pause()
+    keep, drop = make_record("kept"), make_record("dropped")
+    service.submit([keep, drop])
+    assert service.cancel(drop.job_id).status == JobStatus.CANCELLED
+    service.resume()
+    _wait_terminal(service, [keep.job_id])
+    assert service.status(drop.job_id).status == JobStatus.CANCELLED
+    assert "dropped" not in _started_prompts(live)
+
+
+def test_cancel_running_job_interrupts_the_webui(live: LiveStack) -> None:
+    service = JobService()
+    live.sim("POST", "timing", seconds_per_step=0.5)
+    rec = make_record("long job", steps=40)
+    service.submit([rec])
+    wait_for(lambda: service.status(rec.job_id).status == JobStatus.RUNNING, what="running")
+    wait_for(lambda: live.stats()["events"], what="the simulator to start generating")
+    service.cancel(rec.job_id)
+    final = _wait_terminal(service, [rec.job_id], timeout=30)
+    assert final[rec.job_id] == JobStatus.CANCELLED
+    assert live.stats()["counters"]["interrupts"] >= 1
+
+
+def test_transient_fault_is_retried_then_succeeds(live: LiveStack) -> None:
+    service = JobService()
+    live.sim("POST", "faults", fail_next=1)
+    rec = make_record("flaky")
+    service.submit([rec])
+    assert _wait_terminal(service, [rec.job_id])[rec.job_id] == JobStatus.COMPLETED
+    assert live.stats()["counters"]["requests"] >= 2
+
+
+def test_rejected_request_fails_fast_with_the_reason(live: LiveStack) -> None:
+    service = JobService()
+    live.sim("POST", "faults", reject_next=1)
+    rec = make_record("rejected")
+    service.submit([rec])
+    _wait_terminal(service, [rec.job_id])
+    ref = service.status(rec.job_id)
+    assert ref.status == JobStatus.FAILED
+    assert ref.message is not None
+    assert "422" in ref.message
+
+
+def test_one_worker_runs_one_job_at_a_time(live: LiveStack) -> None:
+    service = JobService()
+    ids = service.submit([make_record(f"serial {i}") for i in range(4)])
+    _wait_terminal(service, ids)
+    events = sorted(live.stats()["events"], key=lambda e: e["start"])
+    assert len(events) == 4
+    for before, after in itertools.pairwise(events):
+        assert after["start"] >= before["end"]
+
+
+def test_outputs_and_sidecar(live: LiveStack) -> None:
+    service = JobService()
+    rec = make_record("a lighthouse at dusk", size=64)
+    service.submit([rec])
+    assert _wait_terminal(service, [rec.job_id])[rec.job_id] == JobStatus.COMPLETED
+    job_dir = live.output_root / "itest" / rec.job_id
+    sidecar = json.loads((job_dir / "record.json").read_text())
+    assert sidecar == json.loads(rec.model_dump_json())
+    pngs = sorted(job_dir.glob("*.png"))
+    assert len(pngs) == rec.batch_size
+    with Image.open(pngs[0]) as img:
+        assert img.size == (64, 64)
+        assert img.info["parameters"].startswith("a lighthouse at dusk\n")
+    result = json.loads((job_dir / "result.json").read_text())
+    assert result[0]["seed"] == rec.seed
+    assert all(
+        Path(p).resolve().is_relative_to(live.output_root.resolve()) for p in job_dir.iterdir()
+    )
+
+
+def test_duplicate_submission_is_refused_unless_asked(live: LiveStack) -> None:
+    service = JobService()
+    service.pause()
+    rec = make_record("only once")
+    service.submit([rec])
+    with pytest.raises(SubmissionError, match="already submitted"):
+        service.submit([rec, make_record("innocent bystander")])
+    # All-or-nothing: the bystander created before the refusal was rolled back.
+    assert service.status(make_record("innocent bystander").job_id).status == JobStatus.CANCELLED
+    again = service.submit([rec], allow_duplicates=True)
+    assert again == [rec.job_id]
