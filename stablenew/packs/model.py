@@ -1,0 +1,224 @@
+"""The prompt pack format (YAML, version 1) as pydantic models.
+
+Models are strict (no silent ``"20"`` → ``20``) and forbid unknown keys; every field has a
+``description=`` so :func:`pack_json_schema` documents the format for editors.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from stablenew.records import MAX_SEED, SeedPolicy, StageType
+
+PACK_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+SLOT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+PromptMode = Literal["combinatorial", "random"]
+MatrixMode = Literal["cartesian", "zip"]
+
+
+def _scalar_text(v: Any) -> Any:
+    # Slot values are text; YAML numbers (`- 1.5`) are accepted and kept as written.
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return str(v)
+    return v
+
+
+SlotValue = Annotated[str, BeforeValidator(_scalar_text)]
+
+
+class _PackModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _SizeChecked(_PackModel):
+    @field_validator("width", "height", check_fields=False)
+    @classmethod
+    def _check_size(cls, v: int | None) -> int | None:
+        if v is not None and (not 64 <= v <= 8192 or v % 8):
+            raise ValueError(f"a multiple of 8 in 64..8192, got {v}")
+        return v
+
+
+class GenerationSettings(_SizeChecked):
+    """Generation settings; every key optional, later layers override earlier ones."""
+
+    model: str | None = Field(
+        default=None, min_length=1, description="Checkpoint title, e.g. 'sd_xl_base_1.0'."
+    )
+    vae: str | None = Field(default=None, description="VAE name; unset keeps the WebUI's.")
+    sampler: str | None = Field(default=None, min_length=1, description="e.g. 'DPM++ 2M'.")
+    scheduler: str | None = Field(default=None, description="e.g. 'Karras' or 'Automatic'.")
+    steps: int | None = Field(default=None, ge=1, le=500, description="Sampling steps.")
+    cfg_scale: float | None = Field(default=None, ge=0, le=100, description="CFG scale.")
+    width: int | None = Field(default=None, description="Pixels, multiple of 8 in 64..8192.")
+    height: int | None = Field(default=None, description="Pixels, multiple of 8 in 64..8192.")
+    clip_skip: int | None = Field(default=None, ge=1, le=12, description="CLIP skip.")
+    batch_size: int | None = Field(
+        default=None, ge=1, le=64, description="Images per WebUI call (one job)."
+    )
+    images_per_prompt: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Jobs per resolved prompt, each with its own batch_index.",
+    )
+
+
+class SeedSpec(_PackModel):
+    """How jobs get their seeds."""
+
+    base: int = Field(default=0, ge=0, le=MAX_SEED, description="First / fixed seed.")
+    policy: SeedPolicy = Field(
+        default="increment",
+        description="fixed: every job uses base; increment: base + job number; random: drawn "
+        "from an RNG seeded by the pack id and base (deterministic).",
+    )
+
+
+class MatrixSpec(_PackModel):
+    """Named slots a prompt references as ``${name}``; each combination becomes jobs."""
+
+    mode: MatrixMode = Field(
+        default="cartesian",
+        description="cartesian: every combination of the referenced slots; zip: the i-th "
+        "value of every slot together (all slots must have the same length).",
+    )
+    slots: dict[Annotated[str, Field(pattern=SLOT_NAME_PATTERN)], list[SlotValue]] = Field(
+        min_length=1, description="Slot name → values (text)."
+    )
+
+    @model_validator(mode="after")
+    def _check_slots(self) -> Self:
+        empty = [name for name, values in self.slots.items() if not values]
+        if empty:
+            raise ValueError(f"slot(s) {', '.join(empty)} need at least one value")
+        if self.mode == "zip" and len({len(v) for v in self.slots.values()}) > 1:
+            lengths = ", ".join(f"{k}={len(v)}" for k, v in self.slots.items())
+            raise ValueError(f"zip mode needs slots of equal length, got {lengths}")
+        return self
+
+
+class LoraSpec(_PackModel):
+    """A LoRA applied to one prompt."""
+
+    name: str = Field(min_length=1, description="LoRA name as the WebUI lists it.")
+    weight: float = Field(default=1.0, ge=-10, le=10, description="Strength.")
+
+
+class PromptSpec(_PackModel):
+    """One prompt row of the pack."""
+
+    text: str = Field(
+        min_length=1,
+        description="Prompt text; dynamic-prompts syntax ({a|b}, __wildcard__) and ${slot}.",
+    )
+    negative: str = Field(default="", description="This prompt's negative, before the pack's.")
+    loras: list[LoraSpec] = Field(
+        default_factory=list, description="Appended to the prompt as <lora:name:weight>."
+    )
+    embeddings: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="Textual-inversion names, appended to the prompt text."
+    )
+    settings: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="Overrides of the pack's defaults."
+    )
+    variants: int | None = Field(
+        default=None, ge=1, description="Overrides the pack's `variants` for this prompt."
+    )
+
+
+class StageOverride(_SizeChecked):
+    """One stage of the chain; unset keys come from the prompt's merged settings."""
+
+    type: StageType = Field(description="txt2img (first), img2img or upscale.")
+    sampler: str | None = Field(default=None, min_length=1, description="Sampler override.")
+    scheduler: str | None = Field(default=None, description="Scheduler override.")
+    steps: int | None = Field(default=None, ge=1, le=500, description="Steps override.")
+    cfg_scale: float | None = Field(default=None, ge=0, le=100, description="CFG override.")
+    width: int | None = Field(default=None, description="Width override.")
+    height: int | None = Field(default=None, description="Height override.")
+    denoising_strength: float | None = Field(
+        default=None, gt=0, le=1, description="img2img only, required there: (0, 1]."
+    )
+    upscaler: str | None = Field(
+        default=None, min_length=1, description="upscale only, required: e.g. 'R-ESRGAN 4x+'."
+    )
+    scale: float | None = Field(
+        default=None, gt=0, le=8, description="upscale only, required: factor, e.g. 2."
+    )
+
+    @model_validator(mode="after")
+    def _check_type_keys(self) -> Self:
+        if self.type == "img2img" and self.denoising_strength is None:
+            raise ValueError("an img2img stage needs denoising_strength in (0, 1]")
+        if self.type == "upscale":
+            if self.upscaler is None or self.scale is None:
+                raise ValueError("an upscale stage needs upscaler and scale")
+            extra = [k for k in GENERATION_STAGE_KEYS if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"an upscale stage takes only upscaler and scale, not {extra}")
+        elif self.upscaler is not None or self.scale is not None:
+            raise ValueError(f"upscaler/scale belong to an upscale stage, not {self.type}")
+        if self.type != "img2img" and self.denoising_strength is not None:
+            raise ValueError(f"denoising_strength belongs to an img2img stage, not {self.type}")
+        return self
+
+
+GENERATION_STAGE_KEYS = ("sampler", "scheduler", "steps", "cfg_scale", "width", "height")
+
+
+class Limits(_PackModel):
+    """Safety limits; exceeding one is an error, never a truncation."""
+
+    max_jobs: int = Field(default=10_000, ge=1, description="Most jobs the pack may expand to.")
+    max_megapixels: float = Field(
+        default=4.2, gt=0, description="Largest image any stage may produce, in megapixels."
+    )
+
+
+def _default_stages() -> list[StageOverride]:
+    return [StageOverride(type="txt2img")]
+
+
+class PromptPack(_PackModel):
+    """A prompt pack, format version 1."""
+
+    pack: str = Field(pattern=PACK_ID_PATTERN, description="Pack id: [a-z0-9][a-z0-9_-]*.")
+    version: Literal[1] = Field(default=1, description="Pack format version.")
+    title: str | None = Field(default=None, description="Human title.")
+    description: str | None = Field(default=None, description="Free text.")
+    defaults: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="Generation settings for every job."
+    )
+    seed: SeedSpec = Field(default_factory=SeedSpec, description="Seed policy.")
+    negative: str = Field(default="", description="Pack-wide negative, after each prompt's.")
+    matrix: MatrixSpec | None = Field(default=None, description="Matrix slots.")
+    prompt_mode: PromptMode = Field(
+        default="combinatorial",
+        description="combinatorial: every choice combination; random: `variants` seeded draws.",
+    )
+    variants: int | None = Field(
+        default=None,
+        ge=1,
+        description="random: draws per prompt (default 1); combinatorial: keep the first N.",
+    )
+    wildcards: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Wildcard directory, relative to the pack file (default configs/wildcards).",
+    )
+    prompts: list[PromptSpec] = Field(min_length=1, description="The prompt rows.")
+    stages: list[StageOverride] = Field(
+        default_factory=_default_stages, min_length=1, description="Stage chain, txt2img first."
+    )
+    limits: Limits = Field(default_factory=Limits, description="Safety limits.")
+
+    @field_validator("stages")
+    @classmethod
+    def _check_chain(cls, stages: list[StageOverride]) -> list[StageOverride]:
+        types = [s.type for s in stages]
+        if types and (types[0] != "txt2img" or "txt2img" in types[1:]):
+            raise ValueError(f"a chain starting with txt2img (and only once), got {types}")
+        return stages
