@@ -69,7 +69,7 @@ def handle_errors() -> Iterator[None]:
         raise
     except PackError as e:
         for issue in e.issues:
-            err_console.print(str(issue), highlight=False, markup=False)
+            err_console.print(str(issue), highlight=False, markup=False, soft_wrap=True)
         err_console.print(f"[bold red]error:[/] {len(e.issues)} problem(s); nothing was queued.")
         raise typer.Exit(EXIT_BAD_INPUT) from e
     except StableNewError as e:

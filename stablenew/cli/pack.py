@@ -2,10 +2,104 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
 import typer
 
+from stablenew.builder import build_jobs, count_jobs, validate_pack
+from stablenew.cli._output import console, guarded, print_json
+from stablenew.errors import PackError, PackIssue
+from stablenew.packs import load_pack, pack_json_schema
+from stablenew.records import NormalizedJobRecord
+from stablenew.settings import get_settings
+
 pack_app = typer.Typer(help="Validate and build prompt packs.", no_args_is_help=True)
+
+PackArg = typer.Argument(..., help="Pack file (YAML).")
+JsonOpt = typer.Option(False, "--json", help="Machine output: one JSON document on stdout.")
 
 
 def register(root: typer.Typer) -> None:
     root.add_typer(pack_app, name="pack")
+
+
+@pack_app.command("validate")
+@guarded
+def validate(
+    packs: list[Path] = typer.Argument(..., help="Pack file(s) to check."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check packs completely (limits included); every problem is reported, exit 2 if any."""
+    generation = get_settings().generation
+    issues: list[PackIssue] = []
+    results: list[dict[str, object]] = []
+    for path in packs:
+        try:
+            jobs = validate_pack(path, generation_defaults=generation)
+        except PackError as e:
+            issues.extend(e.issues)
+            results.append({"path": str(path), "ok": False, "issues": [str(i) for i in e.issues]})
+            continue
+        results.append({"path": str(path), "ok": True, "jobs": jobs})
+        if not as_json:
+            console.print(f"{path}: ok ({jobs:,} jobs)", highlight=False)
+    if as_json:
+        print_json(results)
+    if issues:
+        raise PackError(issues)
+
+
+@pack_app.command("build")
+@guarded
+def build(
+    pack: Path = PackArg,
+    out: Path | None = typer.Option(None, "--out", "-o", help="JSONL file; stdout if omitted."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Build a pack into job records, one JSON record a line (JSONL)."""
+    loaded = load_pack(pack)
+    records = build_jobs(loaded, generation_defaults=get_settings().generation)
+    if out is None:
+        _write_jsonl(records, sys.stdout)
+        return
+    tmp = out.with_name(out.name + ".part")
+    with tmp.open("w", encoding="utf-8", newline="\n") as f:
+        count = _write_jsonl(records, f)
+    tmp.replace(out)
+    if as_json:
+        print_json({"pack": loaded.spec.pack, "path": str(pack), "out": str(out), "jobs": count})
+    else:
+        console.print(f"{pack}: wrote {count:,} records to {out}", highlight=False)
+
+
+def _write_jsonl(records: Iterable[NormalizedJobRecord], stream: IO[str]) -> int:
+    written = 0
+    for record in records:
+        stream.write(record.model_dump_json())
+        stream.write("\n")
+        written += 1
+    return written
+
+
+@pack_app.command("count")
+@guarded
+def count(pack: Path = PackArg, as_json: bool = JsonOpt) -> None:
+    """How many jobs the pack makes, computed without expanding it (limits not applied)."""
+    loaded = load_pack(pack)
+    jobs = count_jobs(loaded, generation_defaults=get_settings().generation)
+    if as_json:
+        limit = loaded.spec.limits.max_jobs
+        print_json({"pack": loaded.spec.pack, "path": str(pack), "jobs": jobs, "max_jobs": limit})
+    else:
+        typer.echo(jobs)
+
+
+@pack_app.command("schema")
+@guarded
+def schema() -> None:
+    """Print the JSON Schema of the pack format (for editors' YAML language servers)."""
+    typer.echo(json.dumps(pack_json_schema(), indent=2, ensure_ascii=False))
