@@ -154,9 +154,11 @@ def _plan_row(
         )
         field = "text" if name in slot_names(prompt.text) else "negative"
         issues.add(pack.issue(("prompts", i, field), expected))
+    if unknown:
+        return None
     try:
         expansion = compile_prompt(
-            protect_slots(prompt.text, names) if not unknown else prompt.text,
+            protect_slots(prompt.text, names),
             mode=spec.prompt_mode,
             variants=prompt.variants or spec.variants,
             wildcards=wildcards,
@@ -167,7 +169,7 @@ def _plan_row(
         issues.add(pack.issue(("prompts", i, "text"), str(e)))
         return None
     stages = _stages(pack, i, prompt, merged, issues)
-    if unknown or stages is None:
+    if stages is None:
         return None
     prototype = _prototype(pack, i, prompt, merged, stages, issues)
     if prototype is None:

@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import math
 import random
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,12 +54,14 @@ class Wildcards:
     def values(self, name: str) -> list[Command]:
         """Parsed values of ``__name__``; raise :class:`PromptProblem` if there are none."""
         if name not in self._parsed:
+            if not self.root.is_dir():
+                raise PromptProblem(f"a wildcard directory {self.root} for __{name}__ (not found)")
             raw = list(self._manager.get_values(name).iterate_string_values_weighted())
             if not raw:
                 raise PromptProblem(
                     f"a wildcard file for __{name}__ ({self.root / name}.txt not found or empty)"
                 )
-            self._parsed[name] = [parse(v) for v in raw]
+            self._parsed[name] = [_parse(v) for v in raw]
         return self._parsed[name]
 
 
@@ -95,11 +98,19 @@ def compile_prompt(
 ) -> PromptExpansion:
     """Parse and check ``text`` (wildcards exist, syntax fits the mode); raise PromptProblem."""
     try:
-        command = parse(text)
+        command = _parse(text)
     except Exception as e:  # the parser raises pyparsing's errors; translated once, here
         raise PromptProblem(f"valid dynamic-prompts syntax ({e})") from e
     _check(command, wildcards, mode, 0)
     return PromptExpansion(command, mode, variants, wildcards, rng_seed)
+
+
+def _parse(text: str) -> Command:
+    # dynamicprompts builds its (cached) grammar with pyparsing names deprecated upstream.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="pyparsing")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="dynamicprompts")
+        return parse(text)
 
 
 def _children(command: Command) -> Iterator[Command]:

@@ -46,7 +46,7 @@ def validate(
             continue
         results.append({"path": str(path), "ok": True, "jobs": jobs})
         if not as_json:
-            console.print(f"{path}: ok ({jobs:,} jobs)", highlight=False)
+            console.print(f"{path}: ok ({jobs:,} jobs)", highlight=False, soft_wrap=True)
     if as_json:
         print_json(results)
     if issues:
@@ -73,7 +73,7 @@ def build(
     if as_json:
         print_json({"pack": loaded.spec.pack, "path": str(pack), "out": str(out), "jobs": count})
     else:
-        console.print(f"{pack}: wrote {count:,} records to {out}", highlight=False)
+        console.print(f"{pack}: wrote {count:,} records to {out}", highlight=False, soft_wrap=True)
 
 
 def _write_jsonl(records: Iterable[NormalizedJobRecord], stream: IO[str]) -> int:

@@ -61,7 +61,6 @@ class GenerationSettings(_SizeChecked):
     images_per_prompt: int | None = Field(
         default=None,
         ge=1,
-        le=10_000,
         description="Jobs per resolved prompt, each with its own batch_index.",
     )
 
