@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from PIL import Image
@@ -92,16 +93,7 @@ def test_progress_during_a_slow_generation(client: WebUIClient, control: Control
 
 def test_interrupt_returns_partial_images(client: WebUIClient, control: Control) -> None:
     control.timing(seconds_per_step=0.02)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            client.txt2img(small_txt2img(steps=50, n_iter=3, batch_size=2))
-        except BaseException as e:
-            errors.append(e)
-
-    worker = threading.Thread(target=run)
-    worker.start()
+    worker, errors = _background(client.txt2img, small_txt2img(steps=50, n_iter=3, batch_size=2))
     _wait_for_step(client, 5)
     client.interrupt()
     worker.join(10)
@@ -113,9 +105,7 @@ def test_interrupt_returns_partial_images(client: WebUIClient, control: Control)
 
 def test_interrupt_of_a_single_image_job_is_detected(client: WebUIClient, control: Control) -> None:
     control.timing(seconds_per_step=0.02)
-    errors: list[BaseException] = []
-    worker = threading.Thread(target=lambda: _catch(errors, client, small_txt2img(steps=50)))
-    worker.start()
+    worker, errors = _background(client.txt2img, small_txt2img(steps=50))
     _wait_for_step(client, 3)
     client.interrupt()
     worker.join(10)
@@ -127,16 +117,7 @@ def test_cancel_event_stops_the_chain(client: WebUIClient, control: Control) -> 
     control.timing(seconds_per_step=0.02)
     cancel = threading.Event()
     record = make_record(stages=[{**THREE_STAGES[0], "steps": 40}, *THREE_STAGES[1:]])
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            run_stages(client, record, cancel_event=cancel)
-        except BaseException as e:
-            errors.append(e)
-
-    worker = threading.Thread(target=run)
-    worker.start()
+    worker, errors = _background(lambda: run_stages(client, record, cancel_event=cancel))
     _wait_for_step(client, 3)
     cancel.set()
     client.interrupt()
@@ -152,11 +133,21 @@ def test_cancel_before_start(client: WebUIClient) -> None:
         run_stages(client, make_record(), cancel_event=cancel)
 
 
-def _catch(errors: list[BaseException], client: WebUIClient, body: dict[str, object]) -> None:
-    try:
-        client.txt2img(body)
-    except BaseException as e:
-        errors.append(e)
+def _background(
+    fn: Callable[..., object], *args: object
+) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``fn(*args)`` on a started thread; what it raises lands in the returned list."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except BaseException as e:
+            errors.append(e)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    return worker, errors
 
 
 def _wait_for_step(client: WebUIClient, step: int) -> None:

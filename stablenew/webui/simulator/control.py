@@ -14,19 +14,16 @@ None of these need auth, so tests can reset a simulator that rejects every crede
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from stablenew.webui.simulator.state import SimState
 
 PREFIX = "/stablenew-sim/v1"
-
-
-def _invalid(e: ValidationError) -> JSONResponse:
-    return JSONResponse(status_code=422, content={"detail": json.loads(e.json())})
 
 
 def control_router(sim: SimState) -> APIRouter:
@@ -36,29 +33,8 @@ def control_router(sim: SimState) -> APIRouter:
     def stats() -> dict[str, Any]:
         return sim.stats()
 
-    @router.get("/faults")
-    def get_faults() -> dict[str, Any]:
-        with sim.mutex:
-            return sim.faults.model_dump()
-
-    @router.post("/faults", response_model=None)
-    def set_faults(changes: dict[str, Any]) -> dict[str, Any] | JSONResponse:
-        try:
-            return sim.update_faults(changes).model_dump()
-        except ValidationError as e:
-            return _invalid(e)
-
-    @router.get("/timing")
-    def get_timing() -> dict[str, Any]:
-        with sim.mutex:
-            return sim.timing.model_dump()
-
-    @router.post("/timing", response_model=None)
-    def set_timing(changes: dict[str, Any]) -> dict[str, Any] | JSONResponse:
-        try:
-            return sim.update_timing(changes).model_dump()
-        except ValidationError as e:
-            return _invalid(e)
+    _config_routes(router, "faults", lambda: sim.faults, sim.update_faults)
+    _config_routes(router, "timing", lambda: sim.timing, sim.update_timing)
 
     @router.post("/reset")
     def reset() -> dict[str, Any]:
@@ -66,3 +42,23 @@ def control_router(sim: SimState) -> APIRouter:
         return {}
 
     return router
+
+
+def _config_routes(
+    router: APIRouter,
+    name: str,
+    current: Callable[[], BaseModel],
+    update: Callable[[dict[str, Any]], BaseModel],
+) -> None:
+    """``GET /<name>`` shows a config; ``POST /<name>`` merges fields into it (422 if invalid)."""
+
+    @router.get(f"/{name}")
+    def show() -> dict[str, Any]:
+        return current().model_dump()
+
+    @router.post(f"/{name}", response_model=None)
+    def change(changes: dict[str, Any]) -> dict[str, Any] | JSONResponse:
+        try:
+            return update(changes).model_dump()
+        except ValidationError as e:
+            return JSONResponse(status_code=422, content={"detail": json.loads(e.json())})
