@@ -32,8 +32,17 @@ class _PackModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class _SizeChecked(_PackModel):
-    @field_validator("width", "height", check_fields=False)
+class _SamplingSettings(_PackModel):
+    """Settings of one generation call: shared by defaults, prompt settings and stages."""
+
+    sampler: str | None = Field(default=None, min_length=1, description="e.g. 'DPM++ 2M'.")
+    scheduler: str | None = Field(default=None, description="e.g. 'Karras' or 'Automatic'.")
+    steps: int | None = Field(default=None, ge=1, le=500, description="Sampling steps.")
+    cfg_scale: float | None = Field(default=None, ge=0, le=100, description="CFG scale.")
+    width: int | None = Field(default=None, description="Pixels, multiple of 8 in 64..8192.")
+    height: int | None = Field(default=None, description="Pixels, multiple of 8 in 64..8192.")
+
+    @field_validator("width", "height")
     @classmethod
     def _check_size(cls, v: int | None) -> int | None:
         if v is not None and (not 64 <= v <= 8192 or v % 8):
@@ -41,19 +50,16 @@ class _SizeChecked(_PackModel):
         return v
 
 
-class GenerationSettings(_SizeChecked):
+GENERATION_STAGE_KEYS = tuple(_SamplingSettings.model_fields)
+
+
+class GenerationSettings(_SamplingSettings):
     """Generation settings; every key optional, later layers override earlier ones."""
 
     model: str | None = Field(
         default=None, min_length=1, description="Checkpoint title, e.g. 'sd_xl_base_1.0'."
     )
     vae: str | None = Field(default=None, description="VAE name; unset keeps the WebUI's.")
-    sampler: str | None = Field(default=None, min_length=1, description="e.g. 'DPM++ 2M'.")
-    scheduler: str | None = Field(default=None, description="e.g. 'Karras' or 'Automatic'.")
-    steps: int | None = Field(default=None, ge=1, le=500, description="Sampling steps.")
-    cfg_scale: float | None = Field(default=None, ge=0, le=100, description="CFG scale.")
-    width: int | None = Field(default=None, description="Pixels, multiple of 8 in 64..8192.")
-    height: int | None = Field(default=None, description="Pixels, multiple of 8 in 64..8192.")
     clip_skip: int | None = Field(default=None, ge=1, le=12, description="CLIP skip.")
     batch_size: int | None = Field(
         default=None, ge=1, le=64, description="Images per WebUI call (one job)."
@@ -128,16 +134,10 @@ class PromptSpec(_PackModel):
     )
 
 
-class StageOverride(_SizeChecked):
+class StageOverride(_SamplingSettings):
     """One stage of the chain; unset keys come from the prompt's merged settings."""
 
     type: StageType = Field(description="txt2img (first), img2img or upscale.")
-    sampler: str | None = Field(default=None, min_length=1, description="Sampler override.")
-    scheduler: str | None = Field(default=None, description="Scheduler override.")
-    steps: int | None = Field(default=None, ge=1, le=500, description="Steps override.")
-    cfg_scale: float | None = Field(default=None, ge=0, le=100, description="CFG override.")
-    width: int | None = Field(default=None, description="Width override.")
-    height: int | None = Field(default=None, description="Height override.")
     denoising_strength: float | None = Field(
         default=None, gt=0, le=1, description="img2img only, required there: (0, 1]."
     )
@@ -163,9 +163,6 @@ class StageOverride(_SizeChecked):
         if self.type != "img2img" and self.denoising_strength is not None:
             raise ValueError(f"denoising_strength belongs to an img2img stage, not {self.type}")
         return self
-
-
-GENERATION_STAGE_KEYS = ("sampler", "scheduler", "steps", "cfg_scale", "width", "height")
 
 
 class Limits(_PackModel):
