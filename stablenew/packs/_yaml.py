@@ -27,7 +27,7 @@ Loc = tuple[str | int, ...]
 
 @dataclass(frozen=True)
 class YamlDocument:
-    """A parsed pack file: its bytes' text, the plain data, and where each node starts."""
+    """A parsed pack file: the plain data, and the line where each key or item starts."""
 
     data: Any
     lines: dict[Loc, int]
