@@ -22,10 +22,10 @@ from stablenew.orchestration.render import (
 from stablenew.records import NormalizedJobRecord
 
 
-@task(name="webui-ready", retries=0)
-def webui_ready() -> str:
-    """Wait (bounded) for this worker's WebUI to answer."""
-    return wait_for_webui()
+@task(name="webui-preflight", retries=0, cache_policy=None, persist_result=False)
+def webui_preflight(record: NormalizedJobRecord) -> str:
+    """Wait (bounded) for the WebUI, and check it has the record's model, sampler, ..."""
+    return wait_for_webui(record)
 
 
 @task(
@@ -51,11 +51,14 @@ def save_outputs(record: NormalizedJobRecord, images: list[Any]) -> list[dict[st
 async def render_job(record: NormalizedJobRecord) -> list[dict[str, Any]] | State[Any]:
     """Render one job. Cancelling it interrupts the WebUI and ends the run CANCELLED."""
     logger = get_run_logger()
-    webui_ready()
+    webui_preflight(record)
+    cancel = cancellation.event_for(flow_run.get_id())
+    if cancel.is_set():
+        return Cancelled(message="cancelled before generation")
     try:
         images = render_stages(record)
     except WebUIInterrupted:
-        if cancellation.event_for(flow_run.get_id()).is_set():
+        if cancel.is_set():
             logger.info("Job %s cancelled during generation", record.job_id)
             return Cancelled(message="cancelled: WebUI interrupted")
         raise

@@ -3,6 +3,9 @@
 The public SDK is what ``__all__`` lists; everything else may change without notice.
 """
 
+from typing import TYPE_CHECKING, Any
+
+from stablenew.builder import build_jobs, count_jobs, validate_pack
 from stablenew.errors import (
     ConfigError,
     HistoryError,
@@ -22,8 +25,24 @@ from stablenew.errors import (
     WebUITimeout,
     WebUIUnreachable,
 )
+from stablenew.lifecycle import JobStatus, status_from_prefect
+from stablenew.packs import load_pack
 from stablenew.records import LoraRef, NormalizedJobRecord, StageSpec
 from stablenew.settings import Settings, get_settings, load_settings
+from stablenew.webui import JobResult, WebUIClient, run_stages
+
+if TYPE_CHECKING:
+    from stablenew.orchestration.jobs import JobRef, JobService, QueueState
+
+
+def __getattr__(name: str) -> Any:
+    # The orchestration layer imports Prefect (~2 s); load it only when asked for.
+    if name in ("JobService", "JobRef", "QueueState"):
+        from stablenew.orchestration import jobs
+
+        return getattr(jobs, name)
+    raise AttributeError(f"module 'stablenew' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
@@ -31,17 +50,23 @@ __all__ = [
     "ConfigError",
     "HistoryError",
     "JobNotFound",
+    "JobRef",
+    "JobResult",
+    "JobService",
+    "JobStatus",
     "LoraRef",
     "NormalizedJobRecord",
     "OrchestrationError",
     "PackError",
     "PackIssue",
     "PrefectUnavailable",
+    "QueueState",
     "Settings",
     "StableNewError",
     "StageSpec",
     "SubmissionError",
     "WebUIAuthError",
+    "WebUIClient",
     "WebUIError",
     "WebUIInterrupted",
     "WebUIOutOfMemory",
@@ -49,6 +74,12 @@ __all__ = [
     "WebUIServerError",
     "WebUITimeout",
     "WebUIUnreachable",
+    "build_jobs",
+    "count_jobs",
     "get_settings",
+    "load_pack",
     "load_settings",
+    "run_stages",
+    "status_from_prefect",
+    "validate_pack",
 ]

@@ -53,6 +53,7 @@ def worker(
             work_pool_name=pool or settings.work_pool,
             name=worker_name,
             limit=1,  # one GPU = one job at a time
+            prefetch_seconds=0,
             readiness_check=readiness,
             interrupter=client.interrupt,
         )

@@ -16,11 +16,12 @@ from typing import Any, TypeVar
 
 import httpx
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import WorkPoolUpdate
+from prefect.client.schemas.actions import DeploymentFlowRunCreate, WorkPoolUpdate
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterIdempotencyKey,
     FlowRunFilterState,
     FlowRunFilterStateType,
@@ -31,7 +32,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Cancelled, Cancelling, Scheduled
+from prefect.states import Cancelled, Cancelling, Scheduled, to_state_create
 from pydantic import BaseModel, Field
 
 from stablenew.errors import JobNotFound, OrchestrationError, SubmissionError
@@ -51,7 +52,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_RESUBMITS = 20
-SUBMIT_CONCURRENCY = 4
+BULK = 100  # the server's limit per bulk-create request
+LOCKED_RETRIES = 10
 PAGE = 200  # the server refuses larger pages
 _ACTIVE = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED, StateType.RUNNING]
 _QUEUED = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED]
@@ -134,6 +136,119 @@ async def _with_retry(call: Callable[[], Awaitable[T]], attempts: int = 6) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+class _Batch:
+    """One submission's creations: bulk chunks, re-submission keys, and finding strays."""
+
+    def __init__(
+        self,
+        client: PrefectClient,
+        deployment_id: uuid.UUID,
+        priority: str,
+        submission: str,
+        base: datetime,
+    ) -> None:
+        self.client = client
+        self.deployment_id = deployment_id
+        self.priority = priority
+        self.submission = submission
+        self.base = base
+        self.keys: dict[int, str] = {}
+
+    def ours(self, run: FlowRun) -> bool:
+        return bool(run.context.get("stablenew_submission") == self.submission)
+
+    def _payload(self, i: int, rec: NormalizedJobRecord, key: str) -> dict[str, Any]:
+        self.keys[i] = key
+        return DeploymentFlowRunCreate(
+            name=rec.run_name,
+            parameters={"record": rec.model_dump(mode="json")},
+            context={"stablenew_submission": self.submission},
+            # Workers take runs by expected start inside a queue: one microsecond apart
+            # keeps the input order exact.
+            state=to_state_create(Scheduled(scheduled_time=self.base + timedelta(microseconds=i))),
+            tags=run_tags(rec, self.priority),
+            idempotency_key=key,
+            work_queue_name=self.priority,
+        ).model_dump(mode="json", exclude_unset=True)
+
+    async def _post(self, payloads: list[dict[str, Any]]) -> list[uuid.UUID]:
+        async def call() -> httpx.Response:
+            response = await self.client.request(
+                "POST",
+                "/deployments/{id}/create_flow_run/bulk",  # type: ignore[arg-type]
+                path_params={"id": self.deployment_id},
+                json=payloads,
+            )
+            response.raise_for_status()
+            return response
+
+        delay = 0.05
+        for _ in range(LOCKED_RETRIES):
+            results = (await _with_retry(call)).json()["results"]
+            failed = [str(r.get("error")) for r in results if r.get("status") != "CREATED"]
+            # On SQLite a concurrent writer makes the server's transaction fail with
+            # "database is locked"; the chunk is idempotent (keys), so send it again.
+            if not failed or not all("database is locked" in f for f in failed):
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        if failed:
+            raise SubmissionError(f"the server refused {len(failed)} run(s): {failed[0][:300]}")
+        return [uuid.UUID(r["flow_run_id"]) for r in results]
+
+    async def _read(self, ids: Sequence[uuid.UUID]) -> list[FlowRun]:
+        runs = await self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(ids))), limit=len(ids)
+        )
+        by_id = {r.id: r for r in runs}
+        return [by_id[i] for i in ids]
+
+    async def create_chunk(self, chunk: Sequence[tuple[int, NormalizedJobRecord]]) -> list[FlowRun]:
+        ids = await self._post([self._payload(i, rec, rec.job_id) for i, rec in chunk])
+        # Read back: a duplicate key returns the existing run, recognisable by its context.
+        return await self._read(ids)
+
+    async def create_again(
+        self, i: int, rec: NormalizedJobRecord, existing: FlowRun, allow_duplicates: bool
+    ) -> FlowRun:
+        """The job id is taken: use ``job_id~N`` if the earlier run may be repeated."""
+        run = existing
+        for n in range(1, MAX_RESUBMITS + 1):
+            state = run.state.type if run.state else None
+            if state not in _RESUBMITTABLE and not allow_duplicates:
+                raise SubmissionError(
+                    f"job {rec.job_id} is already submitted (flow run {run.id}, "
+                    f"{run.state.name if run.state else 'no state'}); pass allow_duplicates "
+                    "to run it again"
+                )
+            ids = await self._post([self._payload(i, rec, f"{rec.job_id}~{n}")])
+            run = (await self._read(ids))[0]
+            if self.ours(run):
+                return run
+        raise SubmissionError(f"job {rec.job_id} was re-submitted more than {MAX_RESUBMITS} times")
+
+    async def find_strays(self, created: dict[int, FlowRun]) -> list[FlowRun]:
+        """Runs this submission made that we never heard back about (a request that failed
+        after the server committed it)."""
+        missing = [key for i, key in self.keys.items() if i not in created]
+        strays: list[FlowRun] = []
+        for start in range(0, len(missing), PAGE):
+            try:
+                runs = await self.client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        idempotency_key=FlowRunFilterIdempotencyKey(
+                            any_=missing[start : start + PAGE]
+                        )
+                    ),
+                    limit=PAGE,
+                )
+            except Exception:
+                logger.exception("could not look for runs to roll back")
+                continue
+            strays.extend(r for r in runs if self.ours(r))
+        return strays
+
+
 class JobService:
     """Submit and control jobs. Every method opens its own short-lived Prefect client."""
 
@@ -167,12 +282,18 @@ class JobService:
         allow_duplicates: bool = False,
         on_created: Callable[[int], None] | None = None,
     ) -> list[FlowRun]:
-        """:meth:`asubmit`, returning the created flow runs (input order)."""
+        """:meth:`asubmit`, returning the created flow runs (input order).
+
+        Runs are created through the server's bulk route, ``BULK`` per request in one
+        transaction each, in input order; each gets a scheduled time one microsecond after
+        the previous so FIFO inside a queue follows the input exactly.
+        """
         prio = check_priority(priority)
         valid = self._validate(records)
         if not valid:
             return []
         submission = uuid.uuid4().hex
+        base = datetime.now(UTC)
         async with prefect_client() as client:
             await check_reachable(client)
             try:
@@ -181,38 +302,27 @@ class JobService:
                 raise OrchestrationError(
                     f"deployment {self.deployment_name!r} not found; run `stablenew deploy`"
                 ) from None
-
-            created: list[FlowRun | None] = [None] * len(valid)
-            sem = asyncio.Semaphore(SUBMIT_CONCURRENCY)
-            done = 0
-            base = datetime.now(UTC)
-
-            async def create(i: int, rec: NormalizedJobRecord) -> None:
-                nonlocal done
-                # Workers take runs by expected start inside a queue: one microsecond apart
-                # keeps input order exact even though creations overlap.
-                when = base + timedelta(microseconds=i)
-                async with sem:
-                    created[i] = await self._create_one(
-                        client, deployment.id, rec, prio, submission, allow_duplicates, when
-                    )
-                done += 1
-                if on_created is not None:
-                    on_created(done)
-
-            # Let every creation finish (none is cancelled half-way, which could leave a run
-            # the server made but we never heard of), then roll back if any failed.
-            outcomes = await asyncio.gather(
-                *(create(i, rec) for i, rec in enumerate(valid)), return_exceptions=True
-            )
-            errors = [o for o in outcomes if isinstance(o, BaseException)]
-            if errors:
-                made = [r for r in created if r is not None]
+            batch = _Batch(client, deployment.id, prio, submission, base)
+            created: dict[int, FlowRun] = {}
+            try:
+                for start in range(0, len(valid), BULK):
+                    chunk = list(enumerate(valid))[start : start + BULK]
+                    runs = await batch.create_chunk(chunk)
+                    for (i, rec), run in zip(chunk, runs, strict=True):
+                        if batch.ours(run):
+                            created[i] = run
+                        else:
+                            created[i] = await batch.create_again(i, rec, run, allow_duplicates)
+                    if on_created is not None:
+                        on_created(len(created))
+            except BaseException as error:
+                made = list(created.values()) + await batch.find_strays(created)
                 await self._rollback(client, made)
+                message = str(error) if isinstance(error, SubmissionError) else repr(error)
                 raise SubmissionError(
-                    f"submission failed: {errors[0]}", rolled_back=[str(r.id) for r in made]
-                ) from errors[0]
-        return [r for r in created if r is not None]
+                    f"submission failed: {message}", rolled_back=[str(r.id) for r in made]
+                ) from error
+        return [created[i] for i in range(len(valid))]
 
     def submit(
         self,
@@ -255,42 +365,6 @@ class JobService:
                 f"{len(problems)} invalid record(s), nothing queued:\n{shown}{more}"
             )
         return valid
-
-    async def _create_one(
-        self,
-        client: PrefectClient,
-        deployment_id: uuid.UUID,
-        rec: NormalizedJobRecord,
-        priority: str,
-        submission: str,
-        allow_duplicates: bool,
-        scheduled_time: datetime,
-    ) -> FlowRun:
-        for n in range(MAX_RESUBMITS + 1):
-            key = rec.job_id if n == 0 else f"{rec.job_id}~{n}"
-            run = await _with_retry(
-                lambda key=key: client.create_flow_run_from_deployment(  # type: ignore[misc]
-                    deployment_id,
-                    parameters={"record": rec.model_dump(mode="json")},
-                    name=rec.run_name,
-                    tags=run_tags(rec, priority),
-                    idempotency_key=key,
-                    work_queue_name=priority,
-                    context={"stablenew_submission": submission},
-                    state=Scheduled(scheduled_time=scheduled_time),
-                )
-            )
-            if run.context.get("stablenew_submission") == submission:
-                return run
-            existing = run.state.type if run.state else None
-            if existing in _RESUBMITTABLE or allow_duplicates:
-                continue
-            raise SubmissionError(
-                f"job {rec.job_id} is already submitted (flow run {run.id}, "
-                f"{run.state.name if run.state else 'no state'}); pass allow_duplicates to "
-                "run it again"
-            )
-        raise SubmissionError(f"job {rec.job_id} was re-submitted more than {MAX_RESUBMITS} times")
 
     async def _rollback(self, client: PrefectClient, runs: Sequence[FlowRun]) -> None:
         for run in runs:

@@ -10,7 +10,7 @@ from typing import Any
 from PIL import Image
 
 from stablenew.errors import WebUIError, WebUIUnreachable
-from stablenew.orchestration.webui_access import webui_client
+from stablenew.orchestration.webui_access import preflight, webui_client
 from stablenew.outputs import OutputImage, write_job_outputs
 from stablenew.records import NormalizedJobRecord
 from stablenew.settings import get_settings
@@ -20,13 +20,17 @@ from stablenew.webui import run_stages
 RETRY_DELAYS: list[float] = [1.0, 2.0, 4.0]
 
 
-def wait_for_webui() -> str:
-    """Return the WebUI URL once it answers; bounded by ``webui.ready_timeout``."""
+def wait_for_webui(record: NormalizedJobRecord) -> str:
+    """Return the WebUI URL once it answers and knows every name the record uses.
+
+    Waiting is bounded by ``webui.ready_timeout``; unknown names fail fast.
+    """
     settings = get_settings()
     client = webui_client(settings)
     deadline = time.monotonic() + settings.webui.ready_timeout
     while True:
         if client.is_ready():
+            preflight(record, settings)
             return client.base_url
         if time.monotonic() >= deadline:
             raise WebUIUnreachable(

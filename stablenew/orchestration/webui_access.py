@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from stablenew.errors import ConfigError
+from stablenew.records import NormalizedJobRecord
 from stablenew.settings import Settings, get_settings
 from stablenew.webui import WebUIClient
+from stablenew.webui.preflight import WebUIInventory, check_record
+
+INVENTORY_TTL = 300.0
 
 _lock = threading.Lock()
 _clients: dict[str, WebUIClient] = {}
+_inventories: dict[str, tuple[float, WebUIInventory]] = {}
 
 
 def _credentials(settings: Settings) -> tuple[str, str] | None:
@@ -47,3 +53,25 @@ def webui_client(settings: Settings | None = None) -> WebUIClient:
             )
             _clients[url] = client
         return client
+
+
+def _inventory(client: WebUIClient, *, refresh: bool) -> WebUIInventory:
+    with _lock:
+        cached = _inventories.get(client.base_url)
+    if cached is not None and not refresh and time.monotonic() - cached[0] < INVENTORY_TTL:
+        return cached[1]
+    inventory = WebUIInventory.fetch(client)
+    with _lock:
+        _inventories[client.base_url] = (time.monotonic(), inventory)
+    return inventory
+
+
+def preflight(record: NormalizedJobRecord, settings: Settings | None = None) -> None:
+    """Fail fast if the record names a model, sampler, ... the worker's WebUI does not have.
+
+    The lists are cached per worker; a miss re-reads them once, so a checkpoint added to
+    the WebUI a moment ago is still found.
+    """
+    client = webui_client(settings)
+    if _inventory(client, refresh=False).problems(record):
+        check_record(client, record, _inventory(client, refresh=True))

@@ -155,7 +155,8 @@ class StableNewWorker(
             await anyio.sleep(CANCEL_POLL_SECONDS)
             try:
                 current = await self.client.read_flow_run(flow_run.id)
-            except Exception:  # transient API trouble: try again next tick
+            except Exception as exc:  # transient API trouble: try again next tick
+                self._logger.debug("cancel watch: reading %s failed: %r", flow_run.id, exc)
                 continue
             if current.state is None or current.state.type != StateType.CANCELLING:
                 continue

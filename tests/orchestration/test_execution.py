@@ -84,7 +84,7 @@ def test_cancel_running_job_interrupts_the_webui(live: LiveStack) -> None:
     rec = make_record("long job", steps=40)
     service.submit([rec])
     wait_for(lambda: service.status(rec.job_id).status == JobStatus.RUNNING, what="running")
-    wait_for(lambda: live.stats()["events"], what="the simulator to start generating")
+    wait_for(lambda: live.stats()["busy"], what="the simulator to start generating")
     service.cancel(rec.job_id)
     final = _wait_terminal(service, [rec.job_id], timeout=30)
     assert final[rec.job_id] == JobStatus.CANCELLED
@@ -100,7 +100,7 @@ def test_transient_fault_is_retried_then_succeeds(live: LiveStack) -> None:
     assert live.stats()["counters"]["requests"] >= 2
 
 
-def test_rejected_request_fails_fast_with_the_reason(live: LiveStack) -> None:
+def test_rejected_request_fails_fast_with_the_field(live: LiveStack) -> None:
     service = JobService()
     live.sim("POST", "faults", reject_next=1)
     rec = make_record("rejected")
@@ -109,7 +109,20 @@ def test_rejected_request_fails_fast_with_the_reason(live: LiveStack) -> None:
     ref = service.status(rec.job_id)
     assert ref.status == JobStatus.FAILED
     assert ref.message is not None
-    assert "422" in ref.message
+    assert "sampler_name" in ref.message
+    assert live.stats()["counters"]["requests"] == 1  # not retried
+
+
+def test_unknown_model_fails_before_any_generation(live: LiveStack) -> None:
+    service = JobService()
+    rec = make_record("wrong model", model="sd-typo-v9")
+    service.submit([rec])
+    _wait_terminal(service, [rec.job_id])
+    ref = service.status(rec.job_id)
+    assert ref.status == JobStatus.FAILED
+    assert ref.message is not None
+    assert "sd-typo-v9" in ref.message
+    assert live.stats()["counters"]["requests"] == 0
 
 
 def test_one_worker_runs_one_job_at_a_time(live: LiveStack) -> None:

@@ -63,6 +63,20 @@ def _respond(body: dict[str, Any], faults: Faults) -> Response:
 def _run(sim: SimState, work: Callable[[Faults], dict[str, Any]]) -> Response:
     """Count the request, decide its faults, and run it under the FIFO lock."""
     faults = sim.next_faults()
+    if faults.reject:
+        # FastAPI's own validation shape (not A1111's wrapper), as for a real 422.
+        return JSONResponse(
+            status_code=422,
+            content={
+                "detail": [
+                    {
+                        "loc": ["body", "sampler_name"],
+                        "msg": "simulated rejection",
+                        "type": "value_error",
+                    }
+                ]
+            },
+        )
     with sim.lock:
         body = work(faults)
     return _respond(body, faults)

@@ -48,6 +48,12 @@ class FaultConfig(BaseModel):
     )
     drop_next: int = Field(default=0, ge=0, description="Drop the next N responses mid-way.")
     reject_auth: bool = Field(default=False, description="Answer every protected route 401.")
+    reject_next: int = Field(
+        default=0,
+        ge=0,
+        description="Answer the next N with a FastAPI 422 on body.sampler_name (a request the "
+        "WebUI refuses: never worth retrying).",
+    )
 
 
 class SimConfig(BaseModel):

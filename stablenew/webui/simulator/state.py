@@ -28,6 +28,7 @@ class Faults:
     oom: bool
     hang: float
     drop: bool
+    reject: bool = False
 
 
 @dataclass(slots=True)
@@ -223,9 +224,12 @@ class SimState:
             drop = f.drop_next > 0 or (f.drop_rate > 0 and self.rng.random() < f.drop_rate)
             if f.drop_next > 0:
                 f.drop_next -= 1
-            if fail or oom or drop or f.hang_seconds:
+            reject = f.reject_next > 0
+            if reject:
+                f.reject_next -= 1
+            if fail or oom or drop or reject or f.hang_seconds:
                 self.counters["faults"] += 1
-            return Faults(n, fail, oom, f.hang_seconds, drop)
+            return Faults(n, fail, oom, f.hang_seconds, drop, reject)
 
     def random_seed(self) -> int:
         with self.mutex:
