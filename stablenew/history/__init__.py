@@ -1,0 +1,32 @@
+"""Job history: a durable, queryable record of every job and its status transitions.
+
+Core layer: imports neither Prefect nor HTTP. The exporter (orchestration) fills it from the
+Prefect API; the history service and CLI read it.
+"""
+
+from stablenew.history.base import HistoryStore
+from stablenew.history.models import (
+    FilterArgs,
+    JobFilter,
+    JobRow,
+    Page,
+    StatusEvent,
+    Submission,
+    Transition,
+    WriteStats,
+)
+from stablenew.history.sqlite import SqliteHistoryStore, open_store
+
+__all__ = [
+    "FilterArgs",
+    "HistoryStore",
+    "JobFilter",
+    "JobRow",
+    "Page",
+    "SqliteHistoryStore",
+    "StatusEvent",
+    "Submission",
+    "Transition",
+    "WriteStats",
+    "open_store",
+]

@@ -1,0 +1,88 @@
+"""Streaming export of ``jobs`` to CSV or JSON Lines with flat memory.
+
+Rows are read through one cursor in ``fetchmany`` chunks and written straight out; SQLite
+formats the timestamps (ISO 8601 UTC with microseconds, ``Z``) and, for JSON Lines, builds each
+line, so Python only moves strings. Columns are those of :class:`JobRow` minus ``cursor``:
+``outputs`` is a JSON list; ``record_json`` is the stored record verbatim (a CSV column; in JSON
+Lines it is embedded unchanged as the object ``record``).
+"""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from stablenew.history._query import JOB_COLUMNS, TIME_COLUMNS
+from stablenew.history.models import ExportFormat
+
+EXPORT_CHUNK = 2000
+
+
+def _iso(column: str) -> str:
+    return (
+        f"CASE WHEN {column} IS NULL THEN NULL ELSE "
+        f"strftime('%Y-%m-%dT%H:%M:%S', {column} / 1000000, 'unixepoch')"
+        f" || printf('.%06dZ', {column} % 1000000) END"
+    )
+
+
+def _csv_expr(column: str) -> str:
+    return _iso(column) if column in TIME_COLUMNS else column
+
+
+def _json_value(column: str) -> str:
+    if column == "outputs":
+        return "json(outputs)"
+    return _csv_expr(column)
+
+
+_CSV_SELECT = "SELECT " + ", ".join(f"{_csv_expr(c)} AS {c}" for c in JOB_COLUMNS) + " FROM jobs"
+# json_object(...) without its closing brace (its last value, error, is a string or null,
+# so rtrim takes exactly that brace), then the record appended verbatim.
+_SUMMARY = (
+    "json_object("
+    + ", ".join(f"'{c}', {_json_value(c)}" for c in JOB_COLUMNS if c != "record_json")
+    + ")"
+)
+assert JOB_COLUMNS[-2:] == ("error", "record_json")
+_JSONL_SELECT = f"SELECT rtrim({_SUMMARY}, '}}') || ',\"record\":' || record_json || '}}' FROM jobs"
+
+
+def _rows(conn: sqlite3.Connection, sql: str, params: list[Any], chunk: int) -> Iterator[list[Any]]:
+    cursor = conn.cursor()
+    cursor.row_factory = None  # plain tuples: no Row objects per exported row
+    cursor.execute(sql, params)
+    try:
+        while rows := cursor.fetchmany(chunk):
+            yield rows
+    finally:
+        cursor.close()
+
+
+def write_export(
+    conn: sqlite3.Connection,
+    fmt: ExportFormat,
+    out: TextIO,
+    where_sql: str,
+    params: list[Any],
+    order_by: str,
+    chunk: int = EXPORT_CHUNK,
+) -> int:
+    """Write the selected rows to ``out``; returns how many."""
+    n = 0
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(JOB_COLUMNS)
+        for rows in _rows(conn, f"{_CSV_SELECT}{where_sql} {order_by}", params, chunk):
+            writer.writerows(rows)
+            n += len(rows)
+    elif fmt == "jsonl":
+        for rows in _rows(conn, f"{_JSONL_SELECT}{where_sql} {order_by}", params, chunk):
+            out.write("\n".join(r[0] for r in rows))
+            out.write("\n")
+            n += len(rows)
+    else:
+        raise ValueError(f"unknown export format {fmt!r}; expected csv or jsonl")
+    return n

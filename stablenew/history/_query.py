@@ -1,0 +1,113 @@
+"""SQL for reading ``jobs``: filters to WHERE clauses, orders, keyset cursors, row mapping."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from stablenew.errors import HistoryError
+from stablenew.history.models import JobFilter, JobRow, Order, from_us, to_us
+
+# Columns of a JobRow, in JobRow field order (cursor excepted); times are microseconds.
+JOB_COLUMNS = (
+    "job_id",
+    "flow_run_id",
+    "pack_id",
+    "pack_title",
+    "row_index",
+    "combo_index",
+    "variant_index",
+    "batch_index",
+    "prompt_head",
+    "model",
+    "sampler",
+    "steps",
+    "width",
+    "height",
+    "seed",
+    "status",
+    "status_at",
+    "priority",
+    "worker",
+    "created_at",
+    "queued_at",
+    "started_at",
+    "completed_at",
+    "duration_s",
+    "outputs",
+    "error",
+    "record_json",
+)
+TIME_COLUMNS = frozenset({"status_at", "created_at", "queued_at", "started_at", "completed_at"})
+SELECT_JOBS = f"SELECT id, {', '.join(JOB_COLUMNS)} FROM jobs"
+
+# Every filter index ends in created_at and implicitly in the rowid ``id``, so these orders
+# are index walks: LIMIT stops early and keyset ``(created_at, id) < (?, ?)`` is a range seek.
+ORDERS: dict[str, tuple[str, str]] = {
+    "created_desc": ("ORDER BY created_at DESC, id DESC", "<"),
+    "created_asc": ("ORDER BY created_at ASC, id ASC", ">"),
+}
+
+
+def where(flt: JobFilter) -> tuple[str, list[Any]]:
+    """``(" WHERE ...", params)`` for the filter; ``("", [])`` when it has none."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if flt.status:
+        clauses.append(f"status IN ({', '.join('?' * len(flt.status))})")
+        params.extend(s.value for s in flt.status)
+    if flt.pack is not None:
+        clauses.append("pack_id = ?")
+        params.append(flt.pack)
+    if flt.model is not None:
+        clauses.append("model = ?")
+        params.append(flt.model)
+    if flt.since is not None:
+        clauses.append("created_at >= ?")
+        params.append(to_us(flt.since))
+    if flt.until is not None:
+        clauses.append("created_at < ?")
+        params.append(to_us(flt.until))
+    if flt.text:
+        # The full positive prompt lives only in the record; LIKE is ASCII case-insensitive.
+        clauses.append("json_extract(record_json, '$.prompt') LIKE ? ESCAPE '\\'")
+        params.append(f"%{_escape_like(flt.text)}%")
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def encode_cursor(created_us: int, row_id: int) -> str:
+    return f"{created_us}:{row_id}"
+
+
+def decode_cursor(cursor: str) -> tuple[int, int]:
+    try:
+        created, row_id = cursor.split(":")
+        return int(created), int(row_id)
+    except ValueError:
+        raise HistoryError(f"not a history page cursor: {cursor!r}") from None
+
+
+def page_sql(
+    flt: JobFilter, order: Order, after: str | None, limit: int, offset: int
+) -> tuple[str, list[Any]]:
+    try:
+        order_by, keyset_op = ORDERS[order]
+    except KeyError:
+        raise ValueError(f"unknown order {order!r}; expected one of {', '.join(ORDERS)}") from None
+    sql, params = where(flt)
+    if after is not None:
+        sql += (" AND " if sql else " WHERE ") + f"(created_at, id) {keyset_op} (?, ?)"
+        params.extend(decode_cursor(after))
+    return f"{SELECT_JOBS}{sql} {order_by} LIMIT ? OFFSET ?", [*params, limit, offset]
+
+
+def job_row(row: sqlite3.Row) -> JobRow:
+    values = {
+        name: (from_us(row[name]) if name in TIME_COLUMNS and row[name] is not None else row[name])
+        for name in JOB_COLUMNS
+    }
+    return JobRow(**values, cursor=encode_cursor(row["created_at"], row["id"]))

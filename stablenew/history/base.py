@@ -1,0 +1,104 @@
+"""The history store contract: what the exporter writes and the history service reads.
+
+Implementations: :class:`stablenew.history.sqlite.SqliteHistoryStore`. Every method raises
+:class:`~stablenew.errors.HistoryError` when the storage fails (never a library exception),
+and :class:`~stablenew.errors.JobNotFound` where a job id is required to exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Protocol, TextIO, runtime_checkable
+
+from typing_extensions import Unpack
+
+from stablenew.history.models import (
+    ExportFormat,
+    FilterArgs,
+    JobRow,
+    Order,
+    Page,
+    StatusEvent,
+    Submission,
+    Transition,
+    WriteStats,
+)
+from stablenew.lifecycle import JobStatus
+from stablenew.records import NormalizedJobRecord
+
+
+@runtime_checkable
+class HistoryStore(Protocol):
+    """Durable job history: one row per job plus its append-only status transitions."""
+
+    def record_submission(
+        self,
+        record: NormalizedJobRecord,
+        *,
+        flow_run_id: str | None = None,
+        priority: str | None = None,
+        at: datetime | None = None,
+    ) -> bool:
+        """Store the record once (idempotent by job id); True when the job is new."""
+        ...
+
+    def record_transition(
+        self,
+        job_id: str,
+        status: JobStatus,
+        at: datetime,
+        *,
+        error: str | None = None,
+        source: str = "exporter",
+        worker: str | None = None,
+        outputs: Iterable[str] | None = None,
+        flow_run_id: str | None = None,
+        message: str | None = None,
+    ) -> bool:
+        """Append a transition (idempotent by job id, status and time); True when new."""
+        ...
+
+    def record_many(
+        self,
+        submissions: Iterable[NormalizedJobRecord | Submission] = (),
+        events: Iterable[StatusEvent] = (),
+        *,
+        batch_size: int = 1000,
+    ) -> WriteStats:
+        """Submissions, then events, one transaction per ``batch_size`` items."""
+        ...
+
+    def get_job(self, job_id: str) -> JobRow: ...
+
+    def transitions(self, job_id: str) -> list[Transition]: ...
+
+    def list_jobs(
+        self,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        order: Order = "created_desc",
+        after: str | None = None,
+        **filters: Unpack[FilterArgs],
+    ) -> Page: ...
+
+    def count(self, **filters: Unpack[FilterArgs]) -> int: ...
+
+    def export(
+        self,
+        format: ExportFormat,
+        out: TextIO | Path | str,
+        *,
+        order: Order = "created_asc",
+        **filters: Unpack[FilterArgs],
+    ) -> int: ...
+
+    def prune(self, older_than: timedelta | None = None, keep_last: int | None = None) -> int: ...
+
+    def get_watermark(self, name: str = "prefect") -> str | None: ...
+
+    def set_watermark(self, value: str, name: str = "prefect") -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,317 @@
+"""The SQLite history store (default backend).
+
+Safe for concurrent readers and one writer across threads and processes: WAL journal, a
+process-wide write lock, ``BEGIN IMMEDIATE`` transactions kept short (one per batch), and
+retries while another process holds the lock (see :mod:`stablenew.history._connection`).
+
+Paging: ``list_jobs(after=page.next_cursor)`` (keyset) costs the same at any depth;
+``offset=`` walks the skipped index entries, so it is fine for the first few thousand rows
+and slows linearly beyond. ``count`` walks the filter's index range.
+
+Crash safety: every write, and every migration step with its version bump, is one
+transaction, so a crash leaves the last committed state and nothing half-applied; WAL recovery
+on the next open replays or discards the tail. Jobs a dead worker left "running" are the
+exporter's to settle from Prefect's CRASHED state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sqlite3
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TextIO
+
+from typing_extensions import Unpack
+
+from stablenew.errors import HistoryError, JobNotFound
+from stablenew.history import _query, _write
+from stablenew.history._connection import Database, translate_errors
+from stablenew.history._export import write_export
+from stablenew.history.models import (
+    ExportFormat,
+    FilterArgs,
+    JobFilter,
+    JobRow,
+    Order,
+    Page,
+    StatusEvent,
+    Submission,
+    Transition,
+    WriteStats,
+    from_us,
+    to_us,
+    utcnow,
+)
+from stablenew.lifecycle import JobStatus
+from stablenew.records import NormalizedJobRecord
+
+_TERMINAL = tuple(s.value for s in JobStatus if s.is_terminal)
+_PRUNE_CHUNK = 5000
+
+
+def path_from_url(url: str | Path) -> Path:
+    """``sqlite:///relative/or/abs/path.db`` (or a plain path) to a path."""
+    if isinstance(url, Path):
+        return url
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    if "://" in url:
+        raise HistoryError(f"unsupported history URL {url!r}; expected sqlite:///path")
+    return Path(url)
+
+
+def open_store(url: str | Path, *, read_only: bool = False) -> SqliteHistoryStore:
+    """Open (creating and migrating as needed) the store at ``Settings.resolved_history_url``."""
+    return SqliteHistoryStore(url, read_only=read_only)
+
+
+class SqliteHistoryStore:
+    """The :class:`~stablenew.history.base.HistoryStore` on one SQLite file."""
+
+    def __init__(
+        self,
+        path_or_url: str | Path,
+        *,
+        busy_timeout_s: float = 5.0,
+        write_retries: int = 5,
+        read_only: bool = False,
+    ) -> None:
+        self.path = path_from_url(path_or_url)
+        self._db = Database(
+            self.path,
+            busy_timeout_s=busy_timeout_s,
+            write_retries=write_retries,
+            read_only=read_only,
+        )
+
+    def __enter__(self) -> SqliteHistoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def record_submission(
+        self,
+        record: NormalizedJobRecord,
+        *,
+        flow_run_id: str | None = None,
+        priority: str | None = None,
+        at: datetime | None = None,
+    ) -> bool:
+        sub = Submission(record=record, flow_run_id=flow_run_id, priority=priority, at=at)
+        now = to_us(utcnow())
+        stats = self._db.write("submission", lambda c: _write.insert_submissions(c, [sub], now))
+        return stats.jobs_added == 1
+
+    def record_transition(
+        self,
+        job_id: str,
+        status: JobStatus,
+        at: datetime,
+        *,
+        error: str | None = None,
+        source: str = "exporter",
+        worker: str | None = None,
+        outputs: Iterable[str] | None = None,
+        flow_run_id: str | None = None,
+        message: str | None = None,
+    ) -> bool:
+        event = StatusEvent(
+            job_id=job_id,
+            status=status,
+            at=at,
+            error=error,
+            source=source,
+            worker=worker,
+            outputs=tuple(outputs) if outputs is not None else None,
+            flow_run_id=flow_run_id,
+            message=message,
+        )
+        stats = self._db.write("transition", lambda c: _write.apply_events(c, [event]))
+        if stats.unknown_jobs:
+            raise JobNotFound(job_id)
+        return stats.transitions_added == 1
+
+    def record_many(
+        self,
+        submissions: Iterable[NormalizedJobRecord | Submission] = (),
+        events: Iterable[StatusEvent] = (),
+        *,
+        batch_size: int = 1000,
+    ) -> WriteStats:
+        """Bulk path: submissions first, then events, one transaction per batch.
+
+        Events for jobs never submitted are skipped and listed in ``unknown_jobs``. Each batch
+        commits on its own: on error, earlier batches stay (re-running the call is harmless).
+        """
+        stats = WriteStats()
+        subs = (s if isinstance(s, Submission) else Submission(record=s) for s in submissions)
+        for chunk in _write.chunked(subs, batch_size):
+            insert = functools.partial(
+                _write.insert_submissions, submissions=chunk, now_us=to_us(utcnow())
+            )
+            stats += self._db.write("submission batch", insert)
+        for ev_chunk in _write.chunked(events, batch_size):
+            apply = functools.partial(_write.apply_events, events=ev_chunk)
+            stats += self._db.write("transition batch", apply)
+        return stats
+
+    def prune(self, older_than: timedelta | None = None, keep_last: int | None = None) -> int:
+        """Delete finished jobs (and their transitions) by age and/or beyond the newest N.
+
+        Only terminal jobs go; queued or running ones stay whatever their age. With both
+        arguments a job is deleted when it is older than ``older_than`` and not among the
+        ``keep_last`` most recently created jobs. Returns the number of jobs deleted.
+        """
+        if older_than is None and keep_last is None:
+            raise ValueError("prune needs older_than, keep_last or both")
+        if keep_last is not None and keep_last < 0:
+            raise ValueError("keep_last must be >= 0")
+        clauses = [f"status IN ({', '.join('?' * len(_TERMINAL))})"]
+        params: list[object] = list(_TERMINAL)
+        if older_than is not None:
+            clauses.append("created_at < ?")
+            params.append(to_us(utcnow() - older_than))
+        if keep_last is not None and keep_last > 0:
+            with translate_errors("prune", self.path):
+                edge = (
+                    self._db.reader()
+                    .execute(
+                        "SELECT created_at, id FROM jobs ORDER BY created_at DESC, id DESC"
+                        " LIMIT 1 OFFSET ?",
+                        (keep_last - 1,),
+                    )
+                    .fetchone()
+                )
+            if edge is None:
+                return 0  # fewer jobs than keep_last
+            clauses.append("(created_at, id) < (?, ?)")
+            params.extend(edge)
+        select = f"SELECT id FROM jobs WHERE {' AND '.join(clauses)} LIMIT {_PRUNE_CHUNK}"
+        deleted = 0
+        while True:
+            n = self._db.write(
+                "prune",
+                lambda c: c.execute(f"DELETE FROM jobs WHERE id IN ({select})", params).rowcount,
+            )
+            deleted += n
+            if n < _PRUNE_CHUNK:
+                return deleted
+
+    def set_watermark(self, value: str, name: str = "prefect") -> None:
+        self._db.write(
+            "watermark",
+            lambda c: c.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (f"watermark:{name}", value),
+            ),
+        )
+
+    # -- reads ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _reading(self, what: str) -> Iterator[sqlite3.Connection]:
+        with translate_errors(what, self.path):
+            yield self._db.reader()
+
+    def get_watermark(self, name: str = "prefect") -> str | None:
+        with self._reading("watermark") as conn:
+            row = conn.execute(
+                "SELECT value FROM meta WHERE key = ?", (f"watermark:{name}",)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def get_job(self, job_id: str) -> JobRow:
+        with self._reading("get") as conn:
+            row = conn.execute(f"{_query.SELECT_JOBS} WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _query.job_row(row)
+
+    def transitions(self, job_id: str) -> list[Transition]:
+        """The job's transitions in time order (ties in recording order)."""
+        with self._reading("transitions") as conn:
+            rows = conn.execute(
+                "SELECT id, job_id, from_status, to_status, at, source, message, legal"
+                " FROM transitions WHERE job_id = ? ORDER BY at, id",
+                (job_id,),
+            ).fetchall()
+            if (
+                not rows
+                and conn.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+                is None
+            ):
+                raise JobNotFound(job_id)
+        return [
+            Transition(
+                id=r["id"],
+                job_id=r["job_id"],
+                from_status=r["from_status"],
+                to_status=r["to_status"],
+                at=from_us(r["at"]),
+                source=r["source"],
+                message=r["message"],
+                legal=bool(r["legal"]),
+            )
+            for r in rows
+        ]
+
+    def list_jobs(
+        self,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        order: Order = "created_desc",
+        after: str | None = None,
+        **filters: Unpack[FilterArgs],
+    ) -> Page:
+        """One page of jobs matching ``filters``; see the module doc on offset vs. ``after``."""
+        if limit < 1 or offset < 0:
+            raise ValueError("limit must be >= 1 and offset >= 0")
+        sql, params = _query.page_sql(JobFilter(**filters), order, after, limit + 1, offset)
+        with self._reading("list") as conn:
+            rows = conn.execute(sql, params).fetchall()
+        items = tuple(_query.job_row(r) for r in rows[:limit])
+        more = len(rows) > limit
+        return Page(
+            items=items,
+            limit=limit,
+            offset=offset,
+            order=order,
+            next_cursor=items[-1].cursor if more else None,
+        )
+
+    def count(self, **filters: Unpack[FilterArgs]) -> int:
+        where_sql, params = _query.where(JobFilter(**filters))
+        with self._reading("count") as conn:
+            row = conn.execute(f"SELECT count(*) FROM jobs{where_sql}", params).fetchone()
+        return int(row[0])
+
+    def export(
+        self,
+        format: ExportFormat,
+        out: TextIO | Path | str,
+        *,
+        order: Order = "created_asc",
+        **filters: Unpack[FilterArgs],
+    ) -> int:
+        """Stream matching jobs to ``out`` (a text stream, or a path written as UTF-8).
+
+        Memory stays flat whatever the row count. Returns the number of rows written.
+        """
+        where_sql, params = _query.where(JobFilter(**filters))
+        order_by = _query.ORDERS[order][0]
+        if isinstance(out, str | Path):
+            with open(out, "w", encoding="utf-8", newline="") as fh:
+                return self.export(format, fh, order=order, **filters)
+        with self._reading("export") as conn:
+            return write_export(conn, format, out, where_sql, params, order_by)
