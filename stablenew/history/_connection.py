@@ -77,11 +77,12 @@ class Database:
             raise
 
     def _check_schema(self) -> None:
+        version = migrations.schema_version(self._writer)
+        if version == migrations.LATEST_VERSION:
+            return  # the common case: no write lock needed to open
         if not self.read_only:
             self._retry_busy(lambda: migrations.migrate(self._writer))
-            return
-        version = migrations.schema_version(self._writer)
-        if version != migrations.LATEST_VERSION:
+        else:
             raise HistoryError(
                 f"history database {self.path} is at schema version {version}, expected "
                 f"{migrations.LATEST_VERSION}, and was opened read-only"

@@ -68,9 +68,10 @@ def write_export(
     where_sql: str,
     params: list[Any],
     order_by: str,
-    chunk: int = EXPORT_CHUNK,
+    chunk: int | None = None,
 ) -> int:
     """Write the selected rows to ``out``; returns how many."""
+    chunk = chunk or EXPORT_CHUNK
     n = 0
     if fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
