@@ -9,7 +9,6 @@ Lines it is embedded unchanged as the object ``record``).
 
 from __future__ import annotations
 
-import csv
 import sqlite3
 from collections.abc import Iterator
 from typing import Any, TextIO
@@ -21,10 +20,10 @@ EXPORT_CHUNK = 2000
 
 
 def _iso(column: str) -> str:
+    """ISO 8601 UTC with microseconds; NULL stays NULL (strftime of NULL is NULL)."""
     return (
-        f"CASE WHEN {column} IS NULL THEN NULL ELSE "
         f"strftime('%Y-%m-%dT%H:%M:%S', {column} / 1000000, 'unixepoch')"
-        f" || printf('.%06dZ', {column} % 1000000) END"
+        f" || printf('.%06dZ', {column} % 1000000)"
     )
 
 
@@ -38,7 +37,27 @@ def _json_value(column: str) -> str:
     return _csv_expr(column)
 
 
-_CSV_SELECT = "SELECT " + ", ".join(f"{_csv_expr(c)} AS {c}" for c in JOB_COLUMNS) + " FROM jobs"
+_NUMERIC = frozenset(
+    {"row_index", "combo_index", "variant_index", "batch_index", "steps", "width", "height"}
+    | {"seed", "duration_s"}
+)
+
+
+def _csv_field(column: str) -> str:
+    """One RFC 4180 field: numbers bare, text always quoted with quotes doubled, NULL empty."""
+    if column in _NUMERIC:
+        return f"coalesce({column}, '')"
+    if column in TIME_COLUMNS:  # never needs quoting
+        return f"coalesce({_iso(column)}, '')"
+    return f"""iif({column} IS NULL, '', '"' || replace({column}, '"', '""') || '"')"""
+
+
+# SQLite builds each CSV line itself, in one printf: Python only joins and writes strings.
+_CSV_SELECT = (
+    f"SELECT printf('{','.join(['%s'] * len(JOB_COLUMNS))}', "
+    f"{', '.join(_csv_field(c) for c in JOB_COLUMNS)}) FROM jobs"
+)
+
 # json_object(...) without its closing brace (its last value, error, is a string or null,
 # so rtrim takes exactly that brace), then the record appended verbatim.
 _SUMMARY = (
@@ -74,16 +93,14 @@ def write_export(
     chunk = chunk or EXPORT_CHUNK
     n = 0
     if fmt == "csv":
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(JOB_COLUMNS)
-        for rows in _rows(conn, f"{_CSV_SELECT}{where_sql} {order_by}", params, chunk):
-            writer.writerows(rows)
-            n += len(rows)
+        select = _CSV_SELECT
+        out.write(",".join(JOB_COLUMNS) + "\n")
     elif fmt == "jsonl":
-        for rows in _rows(conn, f"{_JSONL_SELECT}{where_sql} {order_by}", params, chunk):
-            out.write("\n".join(r[0] for r in rows))
-            out.write("\n")
-            n += len(rows)
+        select = _JSONL_SELECT
     else:
         raise ValueError(f"unknown export format {fmt!r}; expected csv or jsonl")
+    for rows in _rows(conn, f"{select}{where_sql} {order_by}", params, chunk):
+        out.write("\n".join([r[0] for r in rows]))
+        out.write("\n")
+        n += len(rows)
     return n
