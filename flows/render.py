@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_table_artifact
@@ -22,12 +23,6 @@ from stablenew.orchestration.render import (
 from stablenew.records import NormalizedJobRecord
 
 
-@task(name="webui-preflight", retries=0, cache_policy=None, persist_result=False)
-def webui_preflight(record: NormalizedJobRecord) -> str:
-    """Wait (bounded) for the WebUI, and check it has the record's model, sampler, ..."""
-    return wait_for_webui(record)
-
-
 @task(
     name="render-stages",
     retries=len(RETRY_DELAYS),
@@ -38,20 +33,20 @@ def webui_preflight(record: NormalizedJobRecord) -> str:
 )
 def render_stages(record: NormalizedJobRecord) -> list[Any]:
     """Run txt2img → img2img → upscale on the WebUI; transient faults are retried."""
-    return render_images(record, cancellation.event_for(flow_run.get_id()))
-
-
-@task(name="write-outputs", cache_policy=None, persist_result=False)
-def save_outputs(record: NormalizedJobRecord, images: list[Any]) -> list[dict[str, Any]]:
-    """Write images, record.json and result.json under the output root."""
-    return write_outputs(record, images)
+    run_id = flow_run.get_id()
+    return render_images(record, UUID(run_id) if run_id else None, cancellation.event_for(run_id))
 
 
 @flow(name="render-job", persist_result=False, log_prints=False)
 async def render_job(record: NormalizedJobRecord) -> list[dict[str, Any]] | State[Any]:
-    """Render one job. Cancelling it interrupts the WebUI and ends the run CANCELLED."""
+    """Render one job. Cancelling it interrupts the WebUI and ends the run CANCELLED.
+
+    Only the WebUI work is a task (it has the retry policy); the checks before it and the
+    file writing after it are plain calls, since every task costs the server events and
+    writes that, per job, would otherwise compete with rendering for the machine.
+    """
     logger = get_run_logger()
-    webui_preflight(record)
+    wait_for_webui(record)  # bounded wait; unknown model/sampler/... fails fast here
     cancel = cancellation.event_for(flow_run.get_id())
     if cancel.is_set():
         return Cancelled(message="cancelled before generation")
@@ -62,7 +57,7 @@ async def render_job(record: NormalizedJobRecord) -> list[dict[str, Any]] | Stat
             logger.info("Job %s cancelled during generation", record.job_id)
             return Cancelled(message="cancelled: WebUI interrupted")
         raise
-    outputs = save_outputs(record, images)
+    outputs = write_outputs(record, images)
     await acreate_table_artifact(
         table=artifact_rows(outputs),
         description=f"Outputs of {record.run_name} ({record.job_id})",

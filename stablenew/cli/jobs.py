@@ -106,6 +106,8 @@ def _print_queue(state: Any) -> None:
         f"{len(state.running)} running, {len(state.pending)} pending",
         highlight=False,
     )
+    for hold in state.holds:
+        console.print(f"[yellow]holding[/] {hold}", highlight=False)
     table = Table()
     for column in ("#", "state", "priority", "job", "job id"):
         table.add_column(column)

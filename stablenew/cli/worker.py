@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import typer
 
 from stablenew.cli._output import console, guarded
+from stablenew.errors import WebUIError
 
 
 def register(root: typer.Typer) -> None:
@@ -21,7 +23,14 @@ def worker(
     webui: str = typer.Option(..., "--webui", help="WebUI base URL this worker (GPU) uses."),
     name: str = typer.Option(None, "--name", help="Worker name shown in Prefect."),
     pool: str = typer.Option(None, "--pool", help="GPU work pool (default: settings)."),
-    poll_seconds: float = typer.Option(0.5, "--poll-seconds", help="How often to poll for jobs."),
+    poll_seconds: float = typer.Option(0.2, "--poll-seconds", help="How often to poll for jobs."),
+    lookahead: int = typer.Option(
+        4,
+        "--lookahead",
+        min=0,
+        help="Jobs claimed and started ahead, waiting for the GPU, so the next request "
+        "goes out the moment the current one ends (0: strictly one run at a time).",
+    ),
     control: bool = typer.Option(
         False, "--control", help="Also serve the control pool (submit-pack, exports)."
     ),
@@ -40,19 +49,32 @@ def worker(
     from stablenew.orchestration.worker import StableNewWorker
     from stablenew.settings import get_settings
 
+    # Prefect configures only its own loggers; ours (GPU gate, holds) go to the same stream.
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S"
+        )
+    )
+    logging.getLogger("stablenew").addHandler(handler)
+    logging.getLogger("stablenew").setLevel(logging.INFO)
+    logging.getLogger("stablenew").propagate = False
     get_settings.cache_clear()
     settings = get_settings()
     client = webui_client(settings)
     worker_name = name or f"gpu-{socket.gethostname()}-{os.getpid()}"
 
     def readiness() -> str | None:
-        return None if client.is_ready() else f"WebUI at {webui} is not ready"
+        try:
+            return None if client.is_ready() else f"WebUI at {webui} is not answering"
+        except WebUIError as e:  # e.g. 401: waiting alone will not fix it, but say so
+            return f"WebUI at {webui} refuses us: {e}"
 
     workers: list[StableNewWorker] = [
         StableNewWorker(
             work_pool_name=pool or settings.work_pool,
             name=worker_name,
-            limit=1,  # one GPU = one job at a time
+            lookahead=lookahead,  # the GPU gate still lets one job at a time use the WebUI
             prefetch_seconds=0,
             readiness_check=readiness,
             interrupter=client.interrupt,
@@ -60,6 +82,14 @@ def worker(
     ]
     if control:
         workers.append(StableNewWorker(work_pool_name=CONTROL_POOL, name=f"{worker_name}-control"))
+
+    # Import the render flow's code now: the first claimed runs would otherwise all wait on
+    # this cold start together and reach the GPU gate in arbitrary order.
+    from prefect.flows import load_flow_from_entrypoint
+
+    from stablenew.orchestration.deployments import project_root
+
+    load_flow_from_entrypoint(str(project_root() / "flows" / "render.py") + ":render_job")
 
     async def serve() -> None:
         await asyncio.gather(*(w.start(printer=console.print) for w in workers))

@@ -19,7 +19,7 @@ from prefect.utilities.callables import parameter_schema
 from pydantic import BaseModel, Field
 
 from stablenew.errors import ConfigError
-from stablenew.orchestration.pool import ensure_pool
+from stablenew.orchestration.pool import WORKER_TYPE, ensure_pool
 
 RENDER_DEPLOYMENT = "render-job"
 SUBMIT_DEPLOYMENT = "submit-pack"
@@ -68,11 +68,13 @@ async def apply(
     client: PrefectClient,
     *,
     gpu_pool: str = "stablenew-gpu",
+    gpu_pool_type: str = WORKER_TYPE,
     specs: list[DeploymentSpec] | None = None,
 ) -> dict[str, UUID]:
     """Create/update pools, queues and deployments; returns deployment ids by name.
 
-    ``gpu_pool`` replaces the GPU pool named in the file, so settings can rename it.
+    ``gpu_pool`` replaces the GPU pool named in the file, so settings can rename it;
+    ``gpu_pool_type="process"`` makes it a pool for Prefect's stock process worker.
     """
     root = project_root()
     specs = specs if specs is not None else read_specs(root / "prefect.yaml")
@@ -81,7 +83,7 @@ async def apply(
     for spec in specs:
         pool = gpu_pool if spec.work_pool.name == "stablenew-gpu" else spec.work_pool.name
         if pool not in pools_done:
-            await ensure_pool(client, pool)
+            await ensure_pool(client, pool, gpu_pool_type if pool == gpu_pool else WORKER_TYPE)
             pools_done.add(pool)
         flow: Flow[..., Any] = load_flow_from_entrypoint(str(root / spec.entrypoint))
         flow_id = await client.create_flow_from_name(flow.name)

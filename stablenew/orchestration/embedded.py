@@ -65,6 +65,11 @@ def prefect_server_env(home: Path) -> dict[str, str]:
         # With a backlog, the late-runs service marks waiting runs one write each and
         # floods SQLite with lock errors; lateness is not a signal we use.
         "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
+        # Services the embedded stack never uses; each event they evaluate costs CPU that
+        # on a small machine is taken from the job pipeline.
+        "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_REPOSSESSOR_ENABLED": "false",
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
     }
 

@@ -45,6 +45,7 @@ from stablenew.orchestration.pool import (
     QUEUE_PRIORITY,
     check_priority,
 )
+from stablenew.orchestration.worker import HOLD_PREFIX
 from stablenew.records import NormalizedJobRecord
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ class QueueState(BaseModel):
     pool: str
     pending: list[JobRef] = Field(default_factory=list, description="In the order they will run.")
     running: list[JobRef] = Field(default_factory=list)
+    holds: list[str] = Field(
+        default_factory=list, description="Workers not taking jobs, and why (e.g. WebUI down)."
+    )
 
 
 def _job_id_of(run: FlowRun) -> str:
@@ -427,6 +431,11 @@ class JobService:
             pool = await client.read_work_pool(self.pool)
             queues = await client.read_work_queues(work_pool_name=self.pool)
             runs = await self._pool_runs(client, _ACTIVE)
+            holds = [
+                f"{v.value.get('worker')}: {v.value.get('reason')}"
+                for v in await client.read_variables(limit=200)
+                if v.name.startswith(HOLD_PREFIX) and isinstance(v.value, dict)
+            ]
         rank: dict[str, int] = {name: QUEUE_PRIORITY.get(name, 99) for name in PRIORITIES}
         pending = sorted(
             (job_ref(r) for r in runs if r.state_type in _QUEUED),
@@ -435,7 +444,9 @@ class JobService:
         running = [job_ref(r) for r in runs if r.state_type == StateType.RUNNING]
         paused = pool.is_paused or (bool(queues) and all(q.is_paused for q in queues))
         status = "paused" if paused else "running" if running else "idle"
-        return QueueState(status=status, pool=self.pool, pending=pending, running=running)
+        return QueueState(
+            status=status, pool=self.pool, pending=pending, running=running, holds=holds
+        )
 
     def queue_state(self) -> QueueState:
         return asyncio.run(self.aqueue_state())

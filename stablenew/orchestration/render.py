@@ -5,11 +5,16 @@ from __future__ import annotations
 import io
 import threading
 import time
+from contextlib import nullcontext
+from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from PIL import Image
 
-from stablenew.errors import WebUIError, WebUIUnreachable
+from stablenew.errors import WebUIError, WebUIInterrupted, WebUIUnreachable
+from stablenew.orchestration import gpu_gate
+from stablenew.orchestration.gpu_gate import GateCancelled, Rank
 from stablenew.orchestration.webui_access import preflight, webui_client
 from stablenew.outputs import OutputImage, write_job_outputs
 from stablenew.records import NormalizedJobRecord
@@ -40,8 +45,26 @@ def wait_for_webui(record: NormalizedJobRecord) -> str:
         time.sleep(0.5)
 
 
-def render_images(record: NormalizedJobRecord, cancel_event: threading.Event) -> list[OutputImage]:
-    result = run_stages(webui_client(), record, cancel_event=cancel_event)
+# A run the in-process worker did not announce (it should not happen) queues behind all others.
+_UNANNOUNCED: Rank = (99, datetime.max.replace(tzinfo=UTC))
+
+
+def render_images(
+    record: NormalizedJobRecord, run_id: UUID | None, cancel_event: threading.Event
+) -> list[OutputImage]:
+    """Run the stage chain, holding the worker's GPU gate only while talking to the WebUI."""
+    client = webui_client()
+    gate = gpu_gate.installed()
+    turn = (
+        gate.hold(run_id, _UNANNOUNCED, cancel_event)
+        if gate is not None and run_id is not None
+        else nullcontext()
+    )
+    try:
+        with turn:
+            result = run_stages(client, record, cancel_event=cancel_event)
+    except GateCancelled as e:
+        raise WebUIInterrupted(str(e), url=client.base_url) from e
     outputs: list[OutputImage] = []
     for image in result.images:
         with Image.open(io.BytesIO(image.png)) as decoded:  # reads the header only

@@ -14,15 +14,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import threading
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 from uuid import UUID
 
 import anyio
 import anyio.abc
+from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
 from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.client.schemas.responses import WorkerFlowRunResponse
+from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow
 from prefect.flows import Flow, load_flow_from_flow_run
 from prefect.states import Cancelled
@@ -33,10 +45,13 @@ from prefect.workers.base import (
     BaseWorkerResult,
 )
 
-from stablenew.orchestration import cancellation
+from stablenew.orchestration import cancellation, gpu_gate
+from stablenew.orchestration.gpu_gate import GpuGate, Rank
+from stablenew.orchestration.pool import QUEUE_PRIORITY
 
 logger = logging.getLogger(__name__)
 
+HOLD_PREFIX = "stablenew_hold__"
 CANCEL_POLL_SECONDS = 0.25
 CANCEL_GRACE_SECONDS = 15.0
 
@@ -73,13 +88,26 @@ class StableNewWorker(
         *args: Any,
         readiness_check: ReadinessCheck | None = None,
         interrupter: Interrupter | None = None,
+        lookahead: int | None = None,
         **kwargs: Any,
     ) -> None:
+        """``lookahead=N`` makes this the process's GPU worker: one job renders while up to N
+        more are claimed and started, waiting at the GPU gate (``None``: a plain worker)."""
+        self.gate: GpuGate | None = None
+        self._cap = 0
+        if lookahead is not None:
+            self._cap = 1 + lookahead
+            # One slot more than the cap: room for a run that outranks every staged one.
+            kwargs["limit"] = self._cap + 1
+            self.gate = GpuGate()
+            gpu_gate.install(self.gate)
         super().__init__(*args, **kwargs)
         self._readiness_check = readiness_check
         self._interrupter = interrupter
         self._flows: dict[UUID, Flow[..., Any]] = {}
         self._flows_lock = asyncio.Lock()
+        self._in_flight: dict[UUID, tuple[FlowRun, threading.Event]] = {}
+        self._watching = False
         self.hold_reason: str | None = None
 
     # -- polling --------------------------------------------------------------------------
@@ -93,9 +121,67 @@ class StableNewWorker(
                 else:
                     self._logger.info("WebUI ready; taking jobs.")
                 self.hold_reason = reason
+                await self._publish_hold(reason)
             if reason:
                 return []
-        return await super().get_and_submit_flow_runs()
+        if self.gate is None:
+            return await super().get_and_submit_flow_runs()
+        return await self._claim_for_gpu(self.gate)
+
+    async def _claim_for_gpu(self, gate: GpuGate) -> list[FlowRun]:
+        pool = await self.client.read_work_pool(self._work_pool_name)
+        gate.set_paused(pool.is_paused)
+        if pool.is_paused:
+            return []
+        responses = await self._get_scheduled_flow_runs()  # best first: priority, then time
+        in_flight = int(self.limiter.borrowed_tokens)
+        staged = gate.staged()
+        chosen: list[WorkerFlowRunResponse] = []
+        for response in responses:
+            run = response.flow_run
+            if run.id in self._submitting_flow_run_ids:
+                continue
+            if in_flight + len(chosen) < self._cap:
+                chosen.append(response)
+                continue
+            # Full: claim one more only if it must render before everything staged.
+            if (
+                in_flight + len(chosen) == self._cap
+                and staged
+                and rank_of(run) < max(staged.values())
+            ):
+                chosen.append(response)
+            break
+        for response in chosen:
+            gate.expect(response.flow_run.id, rank_of(response.flow_run))
+        submitted = await self._submit_scheduled_flow_runs(chosen)
+        submitted_ids = {run.id for run in submitted}
+        for response in chosen:
+            if response.flow_run.id not in submitted_ids:
+                gate.forget(response.flow_run.id)
+        return submitted
+
+    def _release_limit_slot(self, flow_run_id: UUID) -> None:
+        super()._release_limit_slot(flow_run_id)
+        if self.gate is not None:
+            self.gate.forget(flow_run_id)
+
+    async def _publish_hold(self, reason: str | None) -> None:
+        """Make the hold visible to ``stablenew queue`` and the Prefect UI (a Variable)."""
+        name = hold_variable_name(self.name)
+        try:
+            if reason is None:
+                await self.client.delete_variable_by_name(name)
+                return
+            value = {"worker": self.name, "reason": reason, "since": time.time()}
+            if await self.client.read_variable_by_name(name) is None:
+                await self.client.create_variable(VariableCreate(name=name, value=value))
+            else:
+                await self.client.update_variable(VariableUpdate(name=name, value=value))
+        except ObjectNotFound:
+            pass
+        except Exception as exc:  # visibility only: never stop polling for it
+            self._logger.debug("could not publish hold state: %r", exc)
 
     # -- running --------------------------------------------------------------------------
 
@@ -126,56 +212,95 @@ class StableNewWorker(
             task_status.started(os.getpid())
 
         cancel_event = cancellation.register(flow_run.id)
-        finished = threading.Event()
+        self._in_flight[flow_run.id] = (flow_run, cancel_event)
+        self._ensure_cancel_watch()
         state: State[Any] | None = None
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch_cancellation, flow_run, cancel_event, finished)
-                try:
-                    state = await anyio.to_thread.run_sync(
-                        partial(_run_flow_blocking, flow, flow_run), abandon_on_cancel=True
-                    )
-                except BaseException as exc:  # the run must never stay RUNNING
-                    await self._propose_crashed_state(
-                        flow_run, f"worker caught {type(exc).__name__}: {exc}"
-                    )
-                finally:
-                    finished.set()
-                    tg.cancel_scope.cancel()
+            state = await anyio.to_thread.run_sync(
+                partial(_run_flow_blocking, flow, flow_run), abandon_on_cancel=True
+            )
+        except BaseException as exc:  # the run must never stay RUNNING
+            await self._propose_crashed_state(
+                flow_run, f"worker caught {type(exc).__name__}: {exc}"
+            )
         finally:
+            self._in_flight.pop(flow_run.id, None)
             cancellation.unregister(flow_run.id)
-        ok = state is not None and state.is_completed()
-        return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0 if ok else 1)
+        # The engine set the final state itself (failed and cancelled included); non-zero
+        # would make BaseWorker propose CRASHED on top of it.
+        return StableNewWorkerResult(
+            identifier=str(flow_run.id), status_code=0 if state is not None else 1
+        )
 
-    async def _watch_cancellation(
-        self, flow_run: FlowRun, cancel_event: threading.Event, finished: threading.Event
-    ) -> None:
-        """Poll the run's state; on CANCELLING interrupt the WebUI, then force CANCELLED."""
-        while not finished.is_set():
+    # -- cancellation -----------------------------------------------------------------------
+
+    def _ensure_cancel_watch(self) -> None:
+        if not self._watching and self._runs_task_group is not None:
+            self._watching = True
+            self._runs_task_group.start_soon(self._watch_cancellations)
+
+    async def _watch_cancellations(self) -> None:
+        """One state read per tick for all runs in flight (not one per run): on CANCELLING,
+        signal the flow, interrupt the WebUI if that run holds the GPU, and make sure the
+        run ends CANCELLED."""
+        handled: set[UUID] = set()
+        while True:
             await anyio.sleep(CANCEL_POLL_SECONDS)
+            ids = [i for i in self._in_flight if i not in handled]
+            handled &= set(self._in_flight)
+            if not ids:
+                continue
             try:
-                current = await self.client.read_flow_run(flow_run.id)
-            except Exception as exc:  # transient API trouble: try again next tick
-                self._logger.debug("cancel watch: reading %s failed: %r", flow_run.id, exc)
-                continue
-            if current.state is None or current.state.type != StateType.CANCELLING:
-                continue
-            self.get_flow_run_logger(flow_run).info("Cancel requested: interrupting the WebUI")
-            cancel_event.set()
-            if self._interrupter is not None:
-                try:
-                    await anyio.to_thread.run_sync(self._interrupter)
-                except Exception as exc:
-                    self._logger.warning("WebUI interrupt failed: %s", exc)
-            # The flow should now end itself CANCELLED; if it does not, do it for it.
-            with anyio.move_on_after(CANCEL_GRACE_SECONDS):
-                while not finished.is_set():
-                    await anyio.sleep(0.05)
-            if not finished.is_set():
-                await self.client.set_flow_run_state(
-                    flow_run.id, Cancelled(message="cancelled by the worker"), force=True
+                runs = await self.client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        id=FlowRunFilterId(any_=ids),
+                        state=FlowRunFilterState(
+                            type=FlowRunFilterStateType(any_=[StateType.CANCELLING])
+                        ),
+                    )
                 )
+            except Exception as exc:  # transient API trouble: try again next tick
+                self._logger.debug("cancel watch failed: %r", exc)
+                continue
+            for run in runs:
+                entry = self._in_flight.get(run.id)
+                if entry is not None:
+                    handled.add(run.id)
+                    await self._cancel_in_flight(*entry)
+
+    async def _cancel_in_flight(self, flow_run: FlowRun, cancel_event: threading.Event) -> None:
+        self.get_flow_run_logger(flow_run).info("Cancel requested: stopping the job")
+        cancel_event.set()
+        # Only the run holding the GPU is generating; interrupting for a staged one would
+        # stop somebody else's image.
+        holds_gpu = self.gate is None or self.gate.holder == flow_run.id
+        if self._interrupter is not None and holds_gpu:
+            try:
+                await anyio.to_thread.run_sync(self._interrupter)
+            except Exception as exc:
+                self._logger.warning("WebUI interrupt failed: %s", exc)
+        if self._runs_task_group is not None:
+            self._runs_task_group.start_soon(self._enforce_cancelled, flow_run.id)
+
+    async def _enforce_cancelled(self, flow_run_id: UUID) -> None:
+        """The flow should end itself CANCELLED; if it has not after a grace period, do it."""
+        with anyio.move_on_after(CANCEL_GRACE_SECONDS):
+            while flow_run_id in self._in_flight:
+                await anyio.sleep(0.1)
             return
+        await self.client.set_flow_run_state(
+            flow_run_id, Cancelled(message="cancelled by the worker"), force=True
+        )
+
+
+def rank_of(run: FlowRun) -> Rank:
+    """Order in which the GPU serves claimed runs: queue priority, then expected start."""
+    when = run.expected_start_time or run.created or datetime.now(UTC)
+    return (QUEUE_PRIORITY.get(run.work_queue_name or "", 99), when)
+
+
+def hold_variable_name(worker_name: str) -> str:
+    return HOLD_PREFIX + re.sub(r"[^a-z0-9_]+", "_", worker_name.lower())[:200]
 
 
 def _run_flow_blocking(flow: Flow[..., Any], flow_run: FlowRun) -> State[Any]:

@@ -60,7 +60,17 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
             stack.start_worker(
                 extra_env={"STABLENEW_OUTPUT_ROOT": str(output_root)},
             )
-            yield LiveStack(stack, stack.prefect_url, stack.webui_url, output_root)
+            live = LiveStack(stack, stack.prefect_url, stack.webui_url, output_root)
+            # One job end to end first, so tests measure behaviour, not a cold worker.
+            warm = make_record("warm-up", pack_id="warmup")
+            service = JobService()
+            service.submit([warm])
+            wait_for(
+                lambda: service.status(warm.job_id).status.is_terminal,
+                timeout=120,
+                what="the warm-up job",
+            )
+            yield live
     finally:
         stack.stop()
 

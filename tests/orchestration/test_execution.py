@@ -166,3 +166,17 @@ def test_duplicate_submission_is_refused_unless_asked(live: LiveStack) -> None:
     assert service.status(make_record("innocent bystander").job_id).status == JobStatus.CANCELLED
     again = service.submit([rec], allow_duplicates=True)
     assert again == [rec.job_id]
+
+
+def test_webui_down_holds_jobs_queued_and_says_why(live: LiveStack) -> None:
+    service = JobService()
+    live.sim("POST", "faults", reject_auth=True)  # the worker's WebUI refuses it
+    rec = make_record("held back")
+    service.submit([rec])
+    state = wait_for(lambda: (s := service.queue_state()).holds and s, what="a hold reason")
+    assert "refuses" in state.holds[0]
+    time.sleep(1.5)  # several polls: still not drained into FAILED
+    assert service.status(rec.job_id).status == JobStatus.QUEUED
+    live.sim("POST", "faults", reject_auth=False)
+    assert _wait_terminal(service, [rec.job_id])[rec.job_id] == JobStatus.COMPLETED
+    assert wait_for(lambda: not service.queue_state().holds, what="the hold to clear")

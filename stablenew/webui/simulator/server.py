@@ -37,6 +37,10 @@ def _bind(host: str, port: int) -> socket.socket:
     like a WebUI still loading its model."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # uvicorn leaves Nagle on for sockets it is handed; responses go out as two writes, so
+    # every keep-alive request then waited ~40 ms for the client's delayed ACK. Accepted
+    # sockets inherit this option from the listener.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
     return sock

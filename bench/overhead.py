@@ -1,0 +1,205 @@
+"""Orchestration overhead: how long the (simulated) GPU idles between jobs.
+
+    python bench/overhead.py --jobs 200 --seconds-per-image 0.5 [--worker stablenew|process]
+        [--submit-jobs 1000] [--json]
+
+Starts a throwaway embedded stack (Prefect server on SQLite, the WebUI simulator set to a fixed
+S seconds per image, one worker), runs N one-image jobs, and reports from the simulator's own
+timestamps (it knows when each generation starts and ends):
+
+- makespan: first generation start to last generation end, and ratio = makespan / (N x S);
+- the GPU-side gap: median/p95 time between one generation's end and the next one's start;
+- end to end: from the submit call to every run terminal;
+- submission: time to accept a --submit-jobs pack (pool paused, so nothing runs), jobs/s.
+
+With --json the last line is one JSON object (makespan_s, ratio, median_gap_ms,
+submit_rate_jobs_per_s, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from stablenew.orchestration._prefect import prefect_client
+from stablenew.orchestration.deployments import apply
+from stablenew.orchestration.embedded import Stack, client_env
+from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.monitor import follow
+from stablenew.records import NormalizedJobRecord, StageSpec
+
+
+def records(n: int, tag: str) -> list[NormalizedJobRecord]:
+    stage = StageSpec(type="txt2img", sampler="Euler a", steps=1, cfg_scale=7, width=64, height=64)
+    base = NormalizedJobRecord(
+        pack_id="bench", pack_hash="b" * 16, row_index=0, prompt="x", seed=0,
+        model="v1-5-pruned-emaonly", sampler="Euler a", steps=1, cfg_scale=7, width=64,
+        height=64, stages=(stage,),
+    )  # fmt: skip
+    out = []
+    for i in range(n):
+        content = {**base.content_dict(), "prompt": f"{tag} job {i}", "row_index": i}
+        out.append(NormalizedJobRecord.model_validate(content))
+    return out
+
+
+def cpu_seconds(pgid: int) -> float:
+    """User+system CPU of every process in a process group (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 of stat: process group
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def start_process_worker(stack: Stack, pool: str) -> None:
+    """Prefect's stock process worker, for comparison (1 s polling, as measured before)."""
+    assert stack.prefect_url
+    assert stack.webui_url
+    stack._spawn(
+        "worker",
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
+         "--limit", "1"],
+        {
+            **client_env(stack.prefect_url),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "STABLENEW_WEBUI__URL": stack.webui_url,
+            "STABLENEW_WORK_POOL": pool,
+            "STABLENEW_HOME": str(stack.home),
+        },
+    )  # fmt: skip
+
+
+async def measure(args: argparse.Namespace, stack: Stack, pool: str) -> dict[str, Any]:
+    assert stack.webui_url
+    service = JobService(pool=pool)
+    sim = f"{stack.webui_url}/stablenew-sim/v1"
+    async with httpx.AsyncClient(timeout=30) as http:
+        # Warm up: first run loads the flow / starts the engine; not what we measure.
+        warm = await service.asubmit_runs(records(2, "warm-up"))
+        async for _ in follow([r.id for r in warm], timeout=300):
+            pass
+        (await http.post(f"{sim}/reset")).raise_for_status()
+
+        cpu0 = {name: cpu_seconds(pid) for name, pid in stack.pids.items()}
+        t0 = time.perf_counter()
+        runs = await service.asubmit_runs(records(args.jobs, "measured"))
+        submitted = time.perf_counter() - t0
+        first_running: float | None = None
+        async for snapshot in follow([r.id for r in runs], interval=0.2, timeout=args.timeout):
+            if first_running is None and any(
+                ref.status.value in ("running", "completed") for ref in snapshot.values()
+            ):
+                first_running = time.perf_counter() - t0
+        e2e = time.perf_counter() - t0
+        cpu = {
+            name: round((cpu_seconds(pid) - cpu0[name]) / args.jobs * 1000, 1)
+            for name, pid in stack.pids.items()
+        }
+        statuses = [ref.status.value for ref in snapshot.values()]
+        events = sorted((await http.get(f"{sim}/stats")).json()["events"], key=lambda e: e["start"])
+
+        await service.aset_paused(True)
+        t1 = time.perf_counter()
+        await service.asubmit_runs(records(args.submit_jobs, "submission"), "low")
+        submit_seconds = time.perf_counter() - t1
+
+    gaps = [b["start"] - a["end"] for a, b in itertools.pairwise(events)]
+    makespan = events[-1]["end"] - events[0]["start"] if events else float("nan")
+    ideal = args.jobs * args.seconds_per_image
+    return {
+        "worker": args.worker,
+        "jobs": args.jobs,
+        "seconds_per_image": args.seconds_per_image,
+        "completed": statuses.count("completed"),
+        "generations_seen": len(events),
+        "makespan_s": round(makespan, 3),
+        "ratio": round(makespan / ideal, 4),
+        "median_gap_ms": round(statistics.median(gaps) * 1000, 1) if gaps else None,
+        "p95_gap_ms": round(sorted(gaps)[int(0.95 * (len(gaps) - 1))] * 1000, 1) if gaps else None,
+        "max_gap_ms": round(max(gaps) * 1000, 1) if gaps else None,
+        "end_to_end_s": round(e2e, 3),
+        "cpu_ms_per_job": cpu,
+        "first_running_s": round(first_running, 3) if first_running is not None else None,
+        "submit_s_measured_jobs": round(submitted, 3),
+        "submit_jobs": args.submit_jobs,
+        "submit_s": round(submit_seconds, 3),
+        "submit_rate_jobs_per_s": round(args.submit_jobs / submit_seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--seconds-per-image", type=float, default=0.5)
+    parser.add_argument("--worker", choices=("stablenew", "process"), default="stablenew")
+    parser.add_argument("--submit-jobs", type=int, default=1000)
+    parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    print(f"$ python bench/overhead.py {' '.join(sys.argv[1:])}", flush=True)
+
+    home = Path(tempfile.mkdtemp(prefix="stablenew-bench-"))
+    stack = Stack(home=home)
+    pool = "stablenew-gpu" if args.worker == "stablenew" else "stablenew-gpu-process"
+    os.environ["STABLENEW_WORK_POOL"] = pool
+    try:
+        stack.start(
+            prefect=True,
+            simulator=True,
+            sim_args=[
+                "--seconds-per-image",
+                str(args.seconds_per_image),
+                "--seconds-per-step",
+                "0",
+            ],
+        )
+        assert stack.prefect_url
+        with temporary_settings(updates={PREFECT_API_URL: stack.prefect_url}):
+
+            async def deploy() -> None:
+                async with prefect_client() as client:
+                    await apply(
+                        client,
+                        gpu_pool=pool,
+                        gpu_pool_type="stablenew" if args.worker == "stablenew" else "process",
+                    )
+
+            asyncio.run(deploy())
+            if args.worker == "stablenew":
+                stack.start_worker(extra_env={"STABLENEW_WORK_POOL": pool})
+            else:
+                start_process_worker(stack, pool)
+            result = asyncio.run(measure(args, stack, pool))
+    finally:
+        stack.stop()
+
+    for key, value in result.items():
+        print(f"{key:>24}: {value}")
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
