@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.table import Table
@@ -21,6 +23,9 @@ from stablenew.cli._output import (
 from stablenew.orchestration.pool import PRIORITIES, check_priority
 from stablenew.settings import get_settings
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 queue_app = typer.Typer(help="Show, pause or resume the GPU queue.", invoke_without_command=True)
 
 
@@ -36,7 +41,21 @@ def _service() -> Any:
     return JobService(pool=get_settings().work_pool)
 
 
+def with_prefect(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run the command against the configured Prefect API (see ``configured_prefect``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from stablenew.cli.stack import configured_prefect
+
+        with configured_prefect():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @guarded
+@with_prefect
 def submit(
     pack: Path = typer.Argument(..., help="Pack YAML to submit."),
     priority: str = typer.Option(
@@ -74,6 +93,7 @@ def submit(
 
 
 @guarded
+@with_prefect
 def cancel(
     job_id: str = typer.Argument(None, help="Job id to cancel."),
     pack: str = typer.Option(None, "--pack", help="Cancel every active job of this pack."),
@@ -130,6 +150,7 @@ def queue(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) ->
 
 @queue_app.command("ls")
 @guarded
+@with_prefect
 def ls(json_out: bool = typer.Option(False, "--json")) -> None:
     """Pending jobs (in run order) and running jobs."""
     state = _service().queue_state()
@@ -141,6 +162,7 @@ def ls(json_out: bool = typer.Option(False, "--json")) -> None:
 
 @queue_app.command("pause")
 @guarded
+@with_prefect
 def pause() -> None:
     """Pause the pool: the running job finishes, nothing new starts."""
     _service().pause()
@@ -149,6 +171,7 @@ def pause() -> None:
 
 @queue_app.command("resume")
 @guarded
+@with_prefect
 def resume() -> None:
     """Resume the pool."""
     _service().resume()

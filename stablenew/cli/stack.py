@@ -19,6 +19,7 @@ from stablenew.cli._output import (
     guarded,
     print_json,
 )
+from stablenew.errors import StableNewError
 from stablenew.orchestration.pool import PRIORITIES, check_priority
 from stablenew.settings import Settings, get_settings
 
@@ -87,6 +88,41 @@ def prefect_at(url: str) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def configured_prefect() -> Iterator[str]:
+    """PREFECT_API_URL if set, else the stack `stablenew up` left running; else a clear error
+    (never Prefect's silent temporary server, which would show an empty queue)."""
+    from stablenew.errors import PrefectUnavailable
+    from stablenew.orchestration.embedded import Stack
+
+    url = os.environ.get("PREFECT_API_URL")
+    if url is None:
+        stack = Stack.load(get_settings().home.resolve())
+        url = stack.prefect_url if stack is not None else None
+    if url is None:
+        raise PrefectUnavailable(
+            "(none)", "set PREFECT_API_URL, or start the embedded stack with `stablenew up`"
+        )
+    with prefect_at(url):
+        yield url
+
+
+async def _sync_history(settings: Settings) -> str | None:
+    """Export what just ran; a history failure is reported, never fails the run."""
+    from stablenew.history import open_store
+    from stablenew.orchestration._prefect import prefect_client
+    from stablenew.orchestration.exporter import safe_sync
+
+    try:
+        with open_store(settings.resolved_history_url) as store:
+            async with prefect_client() as client:
+                stats = await safe_sync(client, store, output_root=settings.resolved_output_root)
+    except StableNewError as e:
+        console.print(f"[yellow]history not updated[/]: {e}", highlight=False)
+        return None
+    return settings.resolved_history_url if stats is not None else None
+
+
 async def _apply(pool: str) -> dict[str, Any]:
     from stablenew.orchestration._prefect import check_reachable, prefect_client
     from stablenew.orchestration.deployments import apply
@@ -137,9 +173,11 @@ def run(
                     f"at priority {prio}. Prefect UI: {target.ui_url}",
                     highlight=False,
                 )
-            return await watch_jobs(
+            summary = await watch_jobs(
                 runs, webui_url=target.webui_url, timeout=timeout, quiet=json_out
             )
+            summary["history"] = await _sync_history(settings)
+            return summary
 
         summary = asyncio.run(go())
     out_dir = settings.resolved_output_root.resolve() / records[0].pack_id
@@ -152,6 +190,11 @@ def run(
         print_json(summary)
     else:
         console.print(f"Images: [bold]{out_dir}[/]", highlight=False)
+        if summary.get("history"):
+            console.print(
+                f"History: {summary['history']} (`stablenew history ls`, `stablenew explain ID`)",
+                highlight=False,
+            )
         if keep and target.started:
             console.print(
                 f"Stack left running (Prefect UI {target.ui_url}); stop it with `stablenew down`.",

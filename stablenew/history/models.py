@@ -27,7 +27,13 @@ def to_us(when: datetime) -> int:
     """Exact integer microseconds since the epoch; naive datetimes count as UTC."""
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return (when - _EPOCH) // _MICROSECOND
+    # Subclasses (pendulum's DateTime, which Prefect returns) subtract to their own duration
+    # type; compute on a plain datetime so the arithmetic stays exact.
+    plain = datetime(
+        when.year, when.month, when.day, when.hour, when.minute, when.second,
+        when.microsecond, tzinfo=when.tzinfo,
+    )  # fmt: skip
+    return (plain - _EPOCH) // _MICROSECOND
 
 
 def from_us(us: int) -> datetime:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -309,3 +309,13 @@ def test_history_survives_reopen(tmp_path: Path) -> None:
     with open_store(url) as again:
         assert again.get_job(rec.job_id).status is JobStatus.QUEUED
         assert len(again.transitions(rec.job_id)) == 2
+
+
+def test_datetime_subclasses_convert_exactly() -> None:
+    """Prefect hands out pendulum DateTimes; times must still round-trip to the microsecond."""
+    import pendulum
+
+    from stablenew.history.models import from_us, to_us
+
+    when = pendulum.datetime(2026, 11, 23, 12, 0, 0, 123456, tz="UTC")
+    assert from_us(to_us(when)) == datetime(2026, 11, 23, 12, 0, 0, 123456, tzinfo=UTC)

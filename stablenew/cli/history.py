@@ -1,0 +1,231 @@
+"""``stablenew history ...`` and ``stablenew explain``: the durable job history."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from stablenew.cli._output import EXIT_BAD_INPUT, console, fail, guarded, print_json
+from stablenew.cli.jobs import with_prefect
+from stablenew.history import SqliteHistoryStore, open_store
+from stablenew.settings import get_settings
+
+history_app = typer.Typer(help="The job history: list, show, export, sync, prune.")
+
+_AGE = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(history_app, name="history")
+    root.command("explain")(explain)
+
+
+def _store() -> SqliteHistoryStore:
+    return open_store(get_settings().resolved_history_url)
+
+
+def parse_age(text: str) -> timedelta:
+    match = _AGE.match(text.strip())
+    if not match:
+        fail(f"expected an age like 30d, 12h or 90m, got {text!r}", EXIT_BAD_INPUT)
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _when(text: str | None) -> datetime | None:
+    """An ISO timestamp, or an age ('2h' = two hours ago)."""
+    if text is None:
+        return None
+    if _AGE.match(text.strip()):
+        return datetime.now(UTC) - parse_age(text)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"expected an ISO time or an age like 2h, got {text!r}", EXIT_BAD_INPUT)
+
+
+def _filters(
+    status: list[str] | None,
+    pack: str | None,
+    model: str | None,
+    since: str | None,
+    until: str | None,
+    text: str | None,
+) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "status": status or None,
+        "pack": pack,
+        "model": model,
+        "since": _when(since),
+        "until": _when(until),
+        "text": text,
+    }
+    return {k: v for k, v in found.items() if v is not None}
+
+
+StatusOpt = typer.Option(None, "--status", "-s", help="queued, running, completed, failed, ...")
+PackOpt = typer.Option(None, "--pack", help="Pack id.")
+ModelOpt = typer.Option(None, "--model", help="Model name.")
+SinceOpt = typer.Option(None, "--since", help="ISO time or age (e.g. 2h).")
+UntilOpt = typer.Option(None, "--until", help="ISO time or age.")
+TextOpt = typer.Option(None, "--text", help="Substring of the prompt.")
+
+
+@history_app.command("ls")
+@guarded
+def ls(
+    status: list[str] = StatusOpt,
+    pack: str = PackOpt,
+    model: str = ModelOpt,
+    since: str = SinceOpt,
+    until: str = UntilOpt,
+    text: str = TextOpt,
+    limit: int = typer.Option(50, "--limit", min=1, max=1000),
+    offset: int = typer.Option(0, "--offset", min=0),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Recent jobs, newest first, filtered and paged."""
+    from stablenew.orchestration.history_service import view_from_row
+
+    with _store() as store:
+        filters = _filters(status, pack, model, since, until, text)
+        page = store.list_jobs(limit=limit, offset=offset, **filters)
+        total = store.count(**filters)
+    views = [view_from_row(r) for r in page.items]
+    if json_out:
+        print_json({"total": total, "jobs": [v.model_dump(mode="json") for v in views]})
+        return
+    table = Table(title=f"{len(views)} of {total} job(s)")
+    for column in ("created", "status", "job", "model", "size", "seconds", "job id"):
+        table.add_column(column)
+    for v in views:
+        table.add_row(
+            v.created_at.strftime("%Y-%m-%d %H:%M:%S") if v.created_at else "",
+            v.status.value,
+            v.name,
+            v.model or "",
+            v.size or "",
+            f"{v.duration_s:.2f}" if v.duration_s is not None else "",
+            v.job_id,
+        )
+    console.print(table)
+
+
+@history_app.command("show")
+@guarded
+def show(
+    job_id: str = typer.Argument(..., help="Job id."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """One job: status, times, summary, outputs, last error."""
+    from stablenew.orchestration.history_service import JobHistoryService
+
+    with _store() as store:
+        view = JobHistoryService(store).get(job_id)
+    if json_out:
+        print_json(view.model_dump(mode="json"))
+        return
+    for key, value in view.model_dump(mode="json").items():
+        console.print(f"[bold]{key}[/]: {value}", highlight=False)
+
+
+@guarded
+def explain(
+    job_id: str = typer.Argument(..., help="Job id."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Everything about a job: record, prompt provenance, timeline, exact WebUI request."""
+    from stablenew.orchestration.history_service import JobHistoryService
+
+    with _store() as store:
+        info = JobHistoryService(store).explain(job_id)
+    if json_out:
+        print_json(info.model_dump(mode="json"))
+        return
+    console.print(f"[bold]{info.job.name}[/] ({info.job.job_id}): {info.job.status.value}")
+    console.rule("provenance")
+    for key, value in info.provenance.items():
+        console.print(f"{key}: {value}", highlight=False, markup=False)
+    console.rule("timeline")
+    for step in info.timeline:
+        took = f" (+{step.seconds_in_previous:.2f}s)" if step.seconds_in_previous else ""
+        flag = "" if step.legal else "  [red]illegal transition[/]"
+        console.print(f"{step.at.isoformat()}  {step.status.value}{took}{flag}", highlight=False)
+    console.rule("WebUI requests")
+    for call in info.webui_requests:
+        console.print_json(data=call)
+    if info.error:
+        console.rule("error")
+        console.print(info.error, markup=False, highlight=False)
+
+
+@history_app.command("export")
+@guarded
+def export(
+    fmt: str = typer.Option("csv", "--format", help="csv or jsonl."),
+    out: Path = typer.Option(None, "--out", help="File to write (stdout if omitted)."),
+    status: list[str] = StatusOpt,
+    pack: str = PackOpt,
+    model: str = ModelOpt,
+    since: str = SinceOpt,
+    until: str = UntilOpt,
+    text: str = TextOpt,
+) -> None:
+    """Stream the history (filtered) as CSV or JSONL; memory stays flat."""
+    if fmt not in ("csv", "jsonl"):
+        fail(f"--format must be csv or jsonl, got {fmt!r}", EXIT_BAD_INPUT)
+    filters = _filters(status, pack, model, since, until, text)
+    with _store() as store:
+        n = store.export(fmt, out if out is not None else sys.stdout, **filters)  # type: ignore[arg-type]
+    if out is not None:
+        console.print(f"Wrote {n} job(s) to {out}", highlight=False)
+
+
+@history_app.command("sync")
+@guarded
+@with_prefect
+def sync(json_out: bool = typer.Option(False, "--json")) -> None:
+    """Copy new runs and state changes from Prefect into the history (incremental)."""
+    from stablenew.orchestration._prefect import check_reachable, prefect_client
+    from stablenew.orchestration.exporter import sync as run_sync
+
+    settings = get_settings()
+
+    async def go() -> Any:
+        async with prefect_client() as client:
+            await check_reachable(client)
+            with _store() as store:
+                return await run_sync(client, store, output_root=settings.resolved_output_root)
+
+    stats = asyncio.run(go())
+    if json_out:
+        print_json(vars(stats))
+    else:
+        console.print(
+            f"Read {stats.runs_read} run(s): {stats.jobs_added} new job(s), "
+            f"{stats.transitions_added} new transition(s).",
+            highlight=False,
+        )
+
+
+@history_app.command("prune")
+@guarded
+def prune(
+    older_than: str = typer.Option(None, "--older-than", help="Age, e.g. 30d."),
+    keep_last: int = typer.Option(None, "--keep-last", min=0, help="Keep the newest N."),
+) -> None:
+    """Delete finished jobs (and their transitions) by age and/or count."""
+    if older_than is None and keep_last is None:
+        fail("give --older-than and/or --keep-last", EXIT_BAD_INPUT)
+    with _store() as store:
+        n = store.prune(
+            older_than=parse_age(older_than) if older_than else None, keep_last=keep_last
+        )
+    console.print(f"Pruned {n} job(s).")

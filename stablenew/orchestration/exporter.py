@@ -1,0 +1,205 @@
+"""Prefect → history store: incremental, idempotent export of ``render-job`` runs.
+
+Prefect's API cannot filter runs by "updated since", so a sync reads two bounded sets:
+
+1. runs whose expected start is at or after the watermark (minus an overlap window): the jobs
+   submitted since the last sync;
+2. every job the store still holds as not finished, re-read by flow-run id: this is how
+   RUNNING, CANCELLING and the terminal states (CRASHED, cancelled-while-queued included)
+   reach the history without state hooks.
+
+Status events are derived from each run's timestamps and current state and written through
+the store's unique (job, status, time) index, so running a sync twice adds nothing. A store
+failure is logged and left for the next sync: it never touches a job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterExpectedStartTime,
+    FlowRunFilterId,
+)
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import FlowRunSort
+
+from stablenew.errors import HistoryError
+from stablenew.history import SqliteHistoryStore, StatusEvent, Submission, WriteStats
+from stablenew.lifecycle import JobStatus, status_from_prefect
+from stablenew.orchestration.deployments import RENDER_DEPLOYMENT
+from stablenew.orchestration.jobs import PAGE
+from stablenew.outputs import job_dir
+from stablenew.records import NormalizedJobRecord
+
+logger = logging.getLogger(__name__)
+
+WATERMARK = "prefect-expected-start"
+OVERLAP = timedelta(minutes=10)
+
+
+@dataclass
+class SyncStats:
+    runs_read: int = 0
+    jobs_added: int = 0
+    transitions_added: int = 0
+    skipped: int = 0  # runs without a StableNew record (not ours)
+
+    def add(self, written: WriteStats) -> None:
+        self.jobs_added += written.jobs_added
+        self.transitions_added += written.transitions_added
+
+
+def _record_of(run: FlowRun) -> NormalizedJobRecord | None:
+    raw = (run.parameters or {}).get("record")
+    if raw is None:
+        return None
+    try:
+        return NormalizedJobRecord.model_validate(raw)
+    except ValueError:
+        return None
+
+
+def _outputs(record: NormalizedJobRecord, output_root: Path | None) -> tuple[str, ...] | None:
+    if output_root is None:
+        return None
+    directory = job_dir(output_root, record)
+    return tuple(str(p) for p in sorted(directory.glob("*.png"))) or None
+
+
+def events_for(
+    run: FlowRun, record: NormalizedJobRecord, output_root: Path | None = None
+) -> list[StatusEvent]:
+    """The status events a run's timestamps and state imply, oldest first."""
+    common = {"job_id": record.job_id, "flow_run_id": str(run.id), "source": "exporter"}
+    worker = (run.labels or {}).get("prefect.worker.name")
+    events = [StatusEvent(status=JobStatus.QUEUED, at=run.created or datetime.now(UTC), **common)]
+    # Prefect also stamps start_time on runs cancelled while queued; run_count is only
+    # raised by entering RUNNING.
+    if run.start_time is not None and run.run_count > 0:
+        events.append(
+            StatusEvent(status=JobStatus.RUNNING, at=run.start_time, worker=worker, **common)
+        )
+    state = run.state
+    if state is None:
+        return events
+    status = status_from_prefect(state.type.value)
+    if status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return events
+    at = (run.end_time if status.is_terminal else None) or state.timestamp
+    failed = status in (JobStatus.FAILED, JobStatus.CANCELLED)
+    events.append(
+        StatusEvent(
+            status=status,
+            at=at,
+            error=state.message if status == JobStatus.FAILED else None,
+            message=f"{state.name}: {state.message}" if failed and state.message else state.name,
+            worker=worker,
+            outputs=_outputs(record, output_root) if status == JobStatus.COMPLETED else None,
+            **common,
+        )
+    )
+    return events
+
+
+async def _new_runs(client: PrefectClient, since: datetime | None) -> list[FlowRun]:
+    runs: list[FlowRun] = []
+    flt = FlowRunFilter(
+        expected_start_time=FlowRunFilterExpectedStartTime(after_=since) if since else None
+    )
+    while True:
+        page = await client.read_flow_runs(
+            flow_run_filter=flt,
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[RENDER_DEPLOYMENT])),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            limit=PAGE,
+            offset=len(runs),
+        )
+        runs.extend(page)
+        if len(page) < PAGE:
+            return runs
+
+
+async def _runs_by_id(client: PrefectClient, ids: Iterable[str]) -> list[FlowRun]:
+    wanted = [UUID(i) for i in ids]
+    runs: list[FlowRun] = []
+    for start in range(0, len(wanted), PAGE):
+        chunk = wanted[start : start + PAGE]
+        runs.extend(
+            await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=PAGE
+            )
+        )
+    return runs
+
+
+def _open_flow_run_ids(store: SqliteHistoryStore) -> list[str]:
+    active: list[JobStatus | str] = [
+        JobStatus.SUBMITTED,
+        JobStatus.QUEUED,
+        JobStatus.RUNNING,
+        JobStatus.CANCELLING,
+    ]
+    ids: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = store.list_jobs(status=active, limit=500, after=cursor, order="created_asc")
+        ids.extend(j.flow_run_id for j in page.items if j.flow_run_id)
+        cursor = page.next_cursor
+        if cursor is None:
+            return ids
+
+
+async def sync(
+    client: PrefectClient, store: SqliteHistoryStore, *, output_root: Path | None = None
+) -> SyncStats:
+    """One incremental pass; safe to run concurrently with jobs and repeatedly."""
+    stats = SyncStats()
+    mark = store.get_watermark(WATERMARK)
+    since = datetime.fromisoformat(mark) - OVERLAP if mark else None
+    runs = {r.id: r for r in await _new_runs(client, since)}
+    open_ids = [i for i in _open_flow_run_ids(store) if UUID(i) not in runs]
+    for run in await _runs_by_id(client, open_ids):
+        runs[run.id] = run
+    stats.runs_read = len(runs)
+
+    submissions: list[Submission] = []
+    events: list[StatusEvent] = []
+    newest = since
+    for run in runs.values():
+        record = _record_of(run)
+        if record is None:
+            stats.skipped += 1
+            continue
+        submissions.append(
+            Submission(
+                record=record, flow_run_id=str(run.id), priority=run.work_queue_name, at=run.created
+            )
+        )
+        events.extend(events_for(run, record, output_root))
+        if run.expected_start_time and (newest is None or run.expected_start_time > newest):
+            newest = run.expected_start_time
+    stats.add(store.record_many(submissions, events))
+    if newest is not None:
+        store.set_watermark(newest.isoformat(), WATERMARK)
+    return stats
+
+
+async def safe_sync(
+    client: PrefectClient, store: SqliteHistoryStore, *, output_root: Path | None = None
+) -> SyncStats | None:
+    """:func:`sync`, but a store failure is logged (and retried by the next sync)."""
+    try:
+        return await sync(client, store, output_root=output_root)
+    except HistoryError as e:
+        logger.warning("history sync failed, will retry next time: %s", e)
+        return None
