@@ -25,6 +25,7 @@ from stablenew.errors import (
     WebUITimeout,
     WebUIUnreachable,
 )
+from stablenew.history import SqliteHistoryStore, open_store
 from stablenew.lifecycle import JobStatus, status_from_prefect
 from stablenew.packs import load_pack
 from stablenew.records import LoraRef, NormalizedJobRecord, StageSpec
@@ -32,15 +33,25 @@ from stablenew.settings import Settings, get_settings, load_settings
 from stablenew.webui import JobResult, WebUIClient, run_stages
 
 if TYPE_CHECKING:
+    from stablenew.orchestration.history_service import Explanation, JobHistoryService, JobView
     from stablenew.orchestration.jobs import JobRef, JobService, QueueState
+
+# The orchestration layer imports Prefect (~2 s); load it only when one of these is used.
+_LAZY = {
+    "JobService": "stablenew.orchestration.jobs",
+    "JobRef": "stablenew.orchestration.jobs",
+    "QueueState": "stablenew.orchestration.jobs",
+    "JobHistoryService": "stablenew.orchestration.history_service",
+    "JobView": "stablenew.orchestration.history_service",
+    "Explanation": "stablenew.orchestration.history_service",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # The orchestration layer imports Prefect (~2 s); load it only when asked for.
-    if name in ("JobService", "JobRef", "QueueState"):
-        from stablenew.orchestration import jobs
+    if name in _LAZY:
+        import importlib
 
-        return getattr(jobs, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'stablenew' has no attribute {name!r}")
 
 
@@ -48,12 +59,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "Explanation",
     "HistoryError",
+    "JobHistoryService",
     "JobNotFound",
     "JobRef",
     "JobResult",
     "JobService",
     "JobStatus",
+    "JobView",
     "LoraRef",
     "NormalizedJobRecord",
     "OrchestrationError",
@@ -62,6 +76,7 @@ __all__ = [
     "PrefectUnavailable",
     "QueueState",
     "Settings",
+    "SqliteHistoryStore",
     "StableNewError",
     "StageSpec",
     "SubmissionError",
@@ -79,6 +94,7 @@ __all__ = [
     "get_settings",
     "load_pack",
     "load_settings",
+    "open_store",
     "run_stages",
     "status_from_prefect",
     "validate_pack",
