@@ -54,6 +54,11 @@ def wait_until(
     raise OrchestrationError(f"{what} did not become ready within {timeout:.0f}s")
 
 
+def _python(*args: str) -> list[str]:
+    """argv running a module with this interpreter (never whatever is first on PATH)."""
+    return [sys.executable, "-m", *args]
+
+
 def prefect_server_env(home: Path) -> dict[str, str]:
     """Environment for a local Prefect server whose database lives under ``home``."""
     prefect_home = (home / "prefect").resolve()
@@ -148,17 +153,7 @@ class Stack:
             self.prefect_url = f"http://127.0.0.1:{port}/api"
             proc = self._spawn(
                 "prefect-server",
-                [
-                    sys.executable,
-                    "-m",
-                    "prefect",
-                    "server",
-                    "start",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
+                _python("prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)),
                 prefect_server_env(self.home),
             )
             health = f"{self.prefect_url}/health"
@@ -168,9 +163,7 @@ class Stack:
             self.webui_url = f"http://127.0.0.1:{port}"
             proc = self._spawn(
                 "webui-sim",
-                [
-                    sys.executable,
-                    "-m",
+                _python(
                     "stablenew",
                     "webui-sim",
                     "--host",
@@ -178,7 +171,7 @@ class Stack:
                     "--port",
                     str(port),
                     *(sim_args or []),
-                ],
+                ),
                 {},
             )
             ready = f"{self.webui_url}/sdapi/v1/progress"
@@ -195,17 +188,7 @@ class Stack:
             raise OrchestrationError("start the Prefect server and the WebUI before the worker")
         self._spawn(
             "worker",
-            [
-                sys.executable,
-                "-m",
-                "stablenew",
-                "worker",
-                "--webui",
-                self.webui_url,
-                "--name",
-                name,
-                "--control",
-            ],
+            _python("stablenew", "worker", "--webui", self.webui_url, "--name", name, "--control"),
             {
                 **client_env(self.prefect_url),
                 "STABLENEW_HOME": str(self.home.resolve()),

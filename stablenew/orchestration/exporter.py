@@ -37,7 +37,7 @@ from stablenew.errors import HistoryError
 from stablenew.history import SqliteHistoryStore, StatusEvent, Submission, WriteStats
 from stablenew.lifecycle import JobStatus, status_from_prefect
 from stablenew.orchestration.deployments import RENDER_DEPLOYMENT
-from stablenew.orchestration.jobs import PAGE
+from stablenew.orchestration.submission import PAGE
 from stablenew.outputs import job_dir
 from stablenew.records import NormalizedJobRecord
 

@@ -10,18 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import httpx
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import DeploymentFlowRunCreate, WorkPoolUpdate
+from prefect.client.schemas.actions import WorkPoolUpdate
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
     FlowRunFilter,
-    FlowRunFilterId,
     FlowRunFilterIdempotencyKey,
     FlowRunFilterState,
     FlowRunFilterStateType,
@@ -32,7 +30,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Cancelled, Cancelling, Scheduled, to_state_create
+from prefect.states import Cancelled, Cancelling
 from pydantic import BaseModel, Field
 
 from stablenew.errors import JobNotFound, OrchestrationError, SubmissionError
@@ -45,6 +43,7 @@ from stablenew.orchestration.pool import (
     QUEUE_PRIORITY,
     check_priority,
 )
+from stablenew.orchestration.submission import BULK, MAX_RESUBMITS, PAGE, Batch
 from stablenew.orchestration.worker import HOLD_PREFIX
 from stablenew.records import NormalizedJobRecord
 
@@ -52,13 +51,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_RESUBMITS = 20
-BULK = 100  # the server's limit per bulk-create request
-LOCKED_RETRIES = 10
-PAGE = 200  # the server refuses larger pages
 _ACTIVE = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED, StateType.RUNNING]
 _QUEUED = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED]
-_RESUBMITTABLE = {StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
 
 class JobRef(BaseModel):
@@ -114,145 +108,6 @@ def job_ref(run: FlowRun) -> JobRef:
     )
 
 
-def run_tags(record: NormalizedJobRecord, priority: str) -> list[str]:
-    return [
-        "stablenew",
-        f"pack:{record.pack_id}",
-        f"priority:{priority}",
-        f"model:{record.model}",
-    ]
-
-
-async def _with_retry(call: Callable[[], Awaitable[T]], attempts: int = 6) -> T:
-    """Retry on the SQLite server's 503/429 and on dropped connections, with backoff."""
-    delay = 0.1
-    for attempt in range(attempts):
-        try:
-            return await call()
-        except httpx.HTTPStatusError as e:
-            if e.response.status_code not in (429, 503) or attempt == attempts - 1:
-                raise
-        except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
-            if attempt == attempts - 1:
-                raise
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 2.0)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-class _Batch:
-    """One submission's creations: bulk chunks, re-submission keys, and finding strays."""
-
-    def __init__(
-        self,
-        client: PrefectClient,
-        deployment_id: uuid.UUID,
-        priority: str,
-        submission: str,
-        base: datetime,
-    ) -> None:
-        self.client = client
-        self.deployment_id = deployment_id
-        self.priority = priority
-        self.submission = submission
-        self.base = base
-        self.keys: dict[int, str] = {}
-
-    def ours(self, run: FlowRun) -> bool:
-        return bool(run.context.get("stablenew_submission") == self.submission)
-
-    def _payload(self, i: int, rec: NormalizedJobRecord, key: str) -> dict[str, Any]:
-        self.keys[i] = key
-        return DeploymentFlowRunCreate(
-            name=rec.run_name,
-            parameters={"record": rec.model_dump(mode="json")},
-            context={"stablenew_submission": self.submission},
-            # Workers take runs by expected start inside a queue: one microsecond apart
-            # keeps the input order exact.
-            state=to_state_create(Scheduled(scheduled_time=self.base + timedelta(microseconds=i))),
-            tags=run_tags(rec, self.priority),
-            idempotency_key=key,
-            work_queue_name=self.priority,
-        ).model_dump(mode="json", exclude_unset=True)
-
-    async def _post(self, payloads: list[dict[str, Any]]) -> list[uuid.UUID]:
-        async def call() -> httpx.Response:
-            response = await self.client.request(
-                "POST",
-                "/deployments/{id}/create_flow_run/bulk",  # type: ignore[arg-type]
-                path_params={"id": self.deployment_id},
-                json=payloads,
-            )
-            response.raise_for_status()
-            return response
-
-        delay = 0.05
-        for _ in range(LOCKED_RETRIES):
-            results = (await _with_retry(call)).json()["results"]
-            failed = [str(r.get("error")) for r in results if r.get("status") != "CREATED"]
-            # On SQLite a concurrent writer makes the server's transaction fail with
-            # "database is locked"; the chunk is idempotent (keys), so send it again.
-            if not failed or not all("database is locked" in f for f in failed):
-                break
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        if failed:
-            raise SubmissionError(f"the server refused {len(failed)} run(s): {failed[0][:300]}")
-        return [uuid.UUID(r["flow_run_id"]) for r in results]
-
-    async def _read(self, ids: Sequence[uuid.UUID]) -> list[FlowRun]:
-        runs = await self.client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(ids))), limit=len(ids)
-        )
-        by_id = {r.id: r for r in runs}
-        return [by_id[i] for i in ids]
-
-    async def create_chunk(self, chunk: Sequence[tuple[int, NormalizedJobRecord]]) -> list[FlowRun]:
-        ids = await self._post([self._payload(i, rec, rec.job_id) for i, rec in chunk])
-        # Read back: a duplicate key returns the existing run, recognisable by its context.
-        return await self._read(ids)
-
-    async def create_again(
-        self, i: int, rec: NormalizedJobRecord, existing: FlowRun, allow_duplicates: bool
-    ) -> FlowRun:
-        """The job id is taken: use ``job_id~N`` if the earlier run may be repeated."""
-        run = existing
-        for n in range(1, MAX_RESUBMITS + 1):
-            state = run.state.type if run.state else None
-            if state not in _RESUBMITTABLE and not allow_duplicates:
-                raise SubmissionError(
-                    f"job {rec.job_id} is already submitted (flow run {run.id}, "
-                    f"{run.state.name if run.state else 'no state'}); pass allow_duplicates "
-                    "to run it again"
-                )
-            ids = await self._post([self._payload(i, rec, f"{rec.job_id}~{n}")])
-            run = (await self._read(ids))[0]
-            if self.ours(run):
-                return run
-        raise SubmissionError(f"job {rec.job_id} was re-submitted more than {MAX_RESUBMITS} times")
-
-    async def find_strays(self, created: dict[int, FlowRun]) -> list[FlowRun]:
-        """Runs this submission made that we never heard back about (a request that failed
-        after the server committed it)."""
-        missing = [key for i, key in self.keys.items() if i not in created]
-        strays: list[FlowRun] = []
-        for start in range(0, len(missing), PAGE):
-            try:
-                runs = await self.client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(
-                        idempotency_key=FlowRunFilterIdempotencyKey(
-                            any_=missing[start : start + PAGE]
-                        )
-                    ),
-                    limit=PAGE,
-                )
-            except Exception:
-                logger.exception("could not look for runs to roll back")
-                continue
-            strays.extend(r for r in runs if self.ours(r))
-        return strays
-
-
 class JobService:
     """Submit and control jobs. Every method opens its own short-lived Prefect client."""
 
@@ -306,7 +161,7 @@ class JobService:
                 raise OrchestrationError(
                     f"deployment {self.deployment_name!r} not found; run `stablenew deploy`"
                 ) from None
-            batch = _Batch(client, deployment.id, prio, submission, base)
+            batch = Batch(client, deployment.id, prio, submission, base)
             created: dict[int, FlowRun] = {}
             try:
                 for start in range(0, len(valid), BULK):

@@ -9,7 +9,8 @@ from uuid import UUID
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.jobs import PAGE, JobRef, job_ref
+from stablenew.orchestration.jobs import JobRef, job_ref
+from stablenew.orchestration.submission import PAGE
 
 
 async def follow(
