@@ -54,3 +54,13 @@ def test_bad_pack_starts_and_queues_nothing(tmp_path: Path) -> None:
     assert f"{bad}:" in done.stderr
     assert "nothing was queued" in done.stderr
     assert not (home / "prefect").exists()
+
+
+def test_unknown_priority_names_the_valid_ones(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "stablenew", "run", "configs/packs/demo.yaml", "-p", "asap"],
+        cwd=ROOT, env=_env(tmp_path / "home"), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "urgent, high, normal, low" in done.stderr
+    assert not (tmp_path / "home" / "prefect").exists()

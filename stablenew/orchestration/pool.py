@@ -9,6 +9,8 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from stablenew.errors import ConfigError
+
 Priority = Literal["urgent", "high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = get_args(Priority)
 DEFAULT_PRIORITY: Priority = "normal"
@@ -24,7 +26,9 @@ def check_priority(value: str) -> Priority:
     for known in PRIORITIES:
         if value == known:
             return known
-    raise ValueError(f"unknown priority {value!r}; expected one of {', '.join(PRIORITIES)}")
+    raise ConfigError(
+        f"unknown priority {value!r}; expected one of {', '.join(PRIORITIES)}", source="priority"
+    )
 
 
 async def ensure_pool(client: PrefectClient, pool_name: str, pool_type: str = WORKER_TYPE) -> None:

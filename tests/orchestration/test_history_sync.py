@@ -110,3 +110,47 @@ def test_history_cli_reads_the_store(
     assert json.loads(explained.output)["record"]["job_id"] == rec.job_id
     missing = runner.invoke(app, ["history", "show", "nope"])
     assert missing.exit_code == 2
+
+
+def test_export_history_flow_syncs_and_publishes(
+    live: LiveStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.export import export_history
+    from stablenew.settings import get_settings
+
+    service = JobService()
+    rec = make_record("exported by the flow")
+    service.submit([rec])
+    wait_for(lambda: service.status(rec.job_id).status.is_terminal, what="job to finish")
+    monkeypatch.setenv("STABLENEW_HISTORY_URL", f"sqlite:///{tmp_path / 'flow.db'}")
+    get_settings.cache_clear()
+    result = asyncio.run(export_history(recent=5))
+    assert result["jobs_added"] >= 1
+    with SqliteHistoryStore(tmp_path / "flow.db") as store:
+        assert store.get_job(rec.job_id).status == JobStatus.COMPLETED
+
+    async def artifact_rows() -> list[dict[str, str]]:
+        async with prefect_client() as client:
+            artifact = await client.read_latest_artifacts()
+            table = next(a for a in artifact if a.key == "stablenew-recent-jobs")
+            data = table.data if isinstance(table.data, list) else json.loads(str(table.data))
+            return list(data)
+
+    assert rec.job_id in {row["job_id"] for row in asyncio.run(artifact_rows())}
+
+
+def test_history_write_failure_is_logged_not_raised(
+    live: LiveStack, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from stablenew.orchestration.exporter import safe_sync
+
+    db = tmp_path / "ro.db"
+    SqliteHistoryStore(db).close()  # create and migrate it
+    with SqliteHistoryStore(db, read_only=True) as store:
+
+        async def go() -> SyncStats | None:
+            async with prefect_client() as client:
+                return await safe_sync(client, store)
+
+        assert asyncio.run(go()) is None
+    assert "history sync failed" in caplog.text
