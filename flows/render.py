@@ -12,9 +12,11 @@ from prefect.states import Cancelled, State
 
 from stablenew.errors import WebUIInterrupted
 from stablenew.orchestration import cancellation
+from stablenew.orchestration.deployments import RENDER_TASK
 from stablenew.orchestration.render import (
     RETRY_DELAYS,
     artifact_rows,
+    gpu_turn,
     is_transient_failure,
     render_images,
     wait_for_webui,
@@ -24,7 +26,7 @@ from stablenew.records import NormalizedJobRecord
 
 
 @task(
-    name="render-stages",
+    name=RENDER_TASK,
     retries=len(RETRY_DELAYS),
     retry_delay_seconds=RETRY_DELAYS,
     retry_condition_fn=is_transient_failure,
@@ -33,8 +35,7 @@ from stablenew.records import NormalizedJobRecord
 )
 def render_stages(record: NormalizedJobRecord) -> list[Any]:
     """Run txt2img → img2img → upscale on the WebUI; transient faults are retried."""
-    run_id = flow_run.get_id()
-    return render_images(record, UUID(run_id) if run_id else None, cancellation.event_for(run_id))
+    return render_images(record, cancellation.event_for(flow_run.get_id()))
 
 
 @flow(name="render-job", persist_result=False, log_prints=False)
@@ -50,8 +51,10 @@ async def render_job(record: NormalizedJobRecord) -> list[dict[str, Any]] | Stat
     cancel = cancellation.event_for(flow_run.get_id())
     if cancel.is_set():
         return Cancelled(message="cancelled before generation")
+    run_id = flow_run.get_id()
     try:
-        images = render_stages(record)
+        with gpu_turn(UUID(run_id) if run_id else None, cancel):
+            images = render_stages(record)
     except WebUIInterrupted:
         if cancel.is_set():
             logger.info("Job %s cancelled during generation", record.job_id)

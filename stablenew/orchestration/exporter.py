@@ -120,7 +120,9 @@ async def _new_runs(client: PrefectClient, since: datetime | None) -> list[FlowR
         page = await client.read_flow_runs(
             flow_run_filter=flt,
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[RENDER_DEPLOYMENT])),
-            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            # A unique sort key: paging by offset over tied times (many runs share one, or
+            # none) returned some runs twice and skipped others.
+            sort=FlowRunSort.ID_DESC,
             limit=PAGE,
             offset=len(runs),
         )

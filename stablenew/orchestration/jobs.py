@@ -20,10 +20,15 @@ from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterIdempotencyKey,
     FlowRunFilterState,
     FlowRunFilterStateType,
     FlowRunFilterTags,
+    TaskRunFilter,
+    TaskRunFilterName,
+    TaskRunFilterState,
+    TaskRunFilterStateType,
     WorkPoolFilter,
     WorkPoolFilterName,
 )
@@ -36,7 +41,7 @@ from pydantic import BaseModel, Field
 from stablenew.errors import JobNotFound, OrchestrationError, SubmissionError
 from stablenew.lifecycle import JobStatus, status_from_prefect
 from stablenew.orchestration._prefect import check_reachable, prefect_client
-from stablenew.orchestration.deployments import RENDER_DEPLOYMENT, RENDER_FLOW_NAME
+from stablenew.orchestration.deployments import RENDER_DEPLOYMENT, RENDER_FLOW_NAME, RENDER_TASK
 from stablenew.orchestration.pool import (
     DEFAULT_PRIORITY,
     PRIORITIES,
@@ -336,9 +341,21 @@ class JobService:
         return asyncio.run(self.acancel_pack(pack_id))
 
     async def acancel_current(self) -> list[JobRef]:
+        """Cancel what is generating now: runs whose render task is RUNNING. Runs a worker
+        has started ahead, still waiting for the GPU, are left alone."""
         async with prefect_client() as client:
-            runs = await self._pool_runs(client, [StateType.RUNNING])
-            return [await self._cancel_run(client, r) for r in runs]
+            running = await self._pool_runs(client, [StateType.RUNNING])
+            if not running:
+                return []
+            rendering = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in running])),
+                task_run_filter=TaskRunFilter(
+                    name=TaskRunFilterName(like_=RENDER_TASK),  # names get a suffix
+                    state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
+                ),
+            )
+            ids = {t.flow_run_id for t in rendering}
+            return [await self._cancel_run(client, r) for r in running if r.id in ids]
 
     def cancel_current(self) -> list[JobRef]:
         return asyncio.run(self.acancel_current())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -49,22 +50,27 @@ def wait_for_webui(record: NormalizedJobRecord) -> str:
 _UNANNOUNCED: Rank = (99, datetime.max.replace(tzinfo=UTC))
 
 
-def render_images(
-    record: NormalizedJobRecord, run_id: UUID | None, cancel_event: threading.Event
-) -> list[OutputImage]:
-    """Run the stage chain, holding the worker's GPU gate only while talking to the WebUI."""
-    client = webui_client()
+@contextmanager
+def gpu_turn(run_id: UUID | None, cancel_event: threading.Event) -> Iterator[None]:
+    """Hold this worker's GPU gate for the block (a no-op under the stock process worker).
+
+    The flow takes it around the render task, so a run whose render task is RUNNING is the
+    one generating: that is how ``cancel --current`` tells it from runs waiting their turn.
+    """
     gate = gpu_gate.installed()
-    turn = (
-        gate.hold(run_id, _UNANNOUNCED, cancel_event)
-        if gate is not None and run_id is not None
-        else nullcontext()
-    )
+    if gate is None or run_id is None:
+        yield
+        return
     try:
-        with turn:
-            result = run_stages(client, record, cancel_event=cancel_event)
+        with gate.hold(run_id, _UNANNOUNCED, cancel_event):
+            yield
     except GateCancelled as e:
-        raise WebUIInterrupted(str(e), url=client.base_url) from e
+        raise WebUIInterrupted(str(e), url=webui_client().base_url) from e
+
+
+def render_images(record: NormalizedJobRecord, cancel_event: threading.Event) -> list[OutputImage]:
+    """Run the stage chain on this worker's WebUI; images with their sizes."""
+    result = run_stages(webui_client(), record, cancel_event=cancel_event)
     outputs: list[OutputImage] = []
     for image in result.images:
         with Image.open(io.BytesIO(image.png)) as decoded:  # reads the header only

@@ -180,3 +180,24 @@ def test_webui_down_holds_jobs_queued_and_says_why(live: LiveStack) -> None:
     live.sim("POST", "faults", reject_auth=False)
     assert _wait_terminal(service, [rec.job_id])[rec.job_id] == JobStatus.COMPLETED
     assert wait_for(lambda: not service.queue_state().holds, what="the hold to clear")
+
+
+def test_cancel_current_stops_only_the_job_on_the_gpu(live: LiveStack) -> None:
+    service = JobService()
+    live.sim("POST", "timing", seconds_per_step=0.6)
+    recs = [make_record(f"current {i}", steps=10) for i in range(3)]
+    service.submit(recs)
+
+    def one_generating_one_staged() -> bool:
+        running = sum(service.status(r.job_id).status == JobStatus.RUNNING for r in recs)
+        return bool(live.stats()["busy"]) and running >= 2
+
+    # With lookahead the worker starts runs ahead; only one of them may be generating.
+    wait_for(one_generating_one_staged, what="one job generating and another started")
+    # Task runs reach the server as events, so the rendering one may take a moment to show.
+    cancelled = wait_for(service.cancel_current, what="the job on the GPU to be found")
+    assert len(cancelled) == 1
+    statuses = _wait_terminal(service, [r.job_id for r in recs])
+    assert sorted(s.value for s in statuses.values()) == ["cancelled", "completed", "completed"]
+    assert statuses[cancelled[0].job_id] == JobStatus.CANCELLED
+    assert live.stats()["counters"]["interrupts"] == 1
