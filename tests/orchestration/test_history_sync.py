@@ -154,3 +154,20 @@ def test_history_write_failure_is_logged_not_raised(
 
         assert asyncio.run(go()) is None
     assert "history sync failed" in caplog.text
+
+
+def test_the_scheduler_creates_export_history_runs(live: LiveStack) -> None:
+    """Guards the SQLAlchemy pin: with 2.1 Prefect's scheduler failed every tick."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    async def scheduled() -> int:
+        async with prefect_client() as client:
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(
+                    name=DeploymentFilterName(any_=["export-history"])
+                ),
+                limit=5,
+            )
+            return len(runs)
+
+    assert wait_for(lambda: asyncio.run(scheduled()), timeout=90, what="scheduled export runs")
