@@ -4,9 +4,9 @@ Prefect's API cannot filter runs by "updated since", so a sync reads two bounded
 
 1. runs whose expected start is at or after the watermark (minus an overlap window): the jobs
    submitted since the last sync;
-2. every job the store still holds as not finished, re-read by flow-run id: this is how
-   RUNNING, CANCELLING and the terminal states (CRASHED, cancelled-while-queued included)
-   reach the history without state hooks.
+2. every job the store still holds as not finished whose run has left SCHEDULED, re-read by
+   flow-run id: this is how RUNNING, CANCELLING and the terminal states (CRASHED,
+   cancelled-while-queued included) reach the history without state hooks.
 
 Status events are derived from each run's timestamps and current state and written through
 the store's unique (job, status, time) index, so running a sync twice adds nothing. A store
@@ -29,8 +29,10 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterExpectedStartTime,
     FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
 )
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 
 from stablenew.errors import HistoryError
@@ -44,7 +46,9 @@ from stablenew.records import NormalizedJobRecord
 logger = logging.getLogger(__name__)
 
 WATERMARK = "prefect-expected-start"
-OVERLAP = timedelta(minutes=10)
+# Runs are scheduled at submission time, so new ones are never far behind the newest seen;
+# the overlap only covers submissions that interleave with a sync.
+OVERLAP = timedelta(minutes=2)
 
 
 @dataclass
@@ -131,14 +135,22 @@ async def _new_runs(client: PrefectClient, since: datetime | None) -> list[FlowR
             return runs
 
 
-async def _runs_by_id(client: PrefectClient, ids: Iterable[str]) -> list[FlowRun]:
+async def _progressed(client: PrefectClient, ids: Iterable[str]) -> list[FlowRun]:
+    """Of these runs, the ones no longer SCHEDULED: a backlog that is still waiting costs
+    nothing to re-check (each run read carries its whole record)."""
     wanted = [UUID(i) for i in ids]
     runs: list[FlowRun] = []
     for start in range(0, len(wanted), PAGE):
         chunk = wanted[start : start + PAGE]
         runs.extend(
             await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=PAGE
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=chunk),
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED])
+                    ),
+                ),
+                limit=PAGE,
             )
         )
     return runs
@@ -170,7 +182,7 @@ async def sync(
     since = datetime.fromisoformat(mark) - OVERLAP if mark else None
     runs = {r.id: r for r in await _new_runs(client, since)}
     open_ids = [i for i in _open_flow_run_ids(store) if UUID(i) not in runs]
-    for run in await _runs_by_id(client, open_ids):
+    for run in await _progressed(client, open_ids):
         runs[run.id] = run
     stats.runs_read = len(runs)
 
