@@ -27,21 +27,24 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.deployments import apply
+from stablenew.orchestration.deployments import apply, read_specs
 from stablenew.orchestration.embedded import Stack, client_env
 from stablenew.orchestration.jobs import JobService
 from stablenew.orchestration.monitor import follow
 from stablenew.records import NormalizedJobRecord, StageSpec
 
+T = TypeVar("T")
 
-def records(n: int, tag: str) -> list[NormalizedJobRecord]:
+
+def records(n: int, tag: str, **over: Any) -> list[NormalizedJobRecord]:
     stage = StageSpec(type="txt2img", sampler="Euler a", steps=1, cfg_scale=7, width=64, height=64)
     base = NormalizedJobRecord(
         pack_id="bench", pack_hash="b" * 16, row_index=0, prompt="x", seed=0,
@@ -50,9 +53,19 @@ def records(n: int, tag: str) -> list[NormalizedJobRecord]:
     )  # fmt: skip
     out = []
     for i in range(n):
-        content = {**base.content_dict(), "prompt": f"{tag} job {i}", "row_index": i}
+        content = {**base.content_dict(), "prompt": f"{tag} job {i}", "row_index": i, **over}
         out.append(NormalizedJobRecord.model_validate(content))
     return out
+
+
+async def poll(check: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
+    """Await ``check`` every 20 ms until it returns something; bounded."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if (value := await check()) is not None:
+            return value
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"no {what} after {timeout}s")
 
 
 def cpu_seconds(pgid: int) -> float:
@@ -89,6 +102,88 @@ def start_process_worker(stack: Stack, pool: str) -> None:
     )  # fmt: skip
 
 
+async def priority_cancel_idle(
+    args: argparse.Namespace, service: JobService, http: httpx.AsyncClient, sim: str
+) -> dict[str, Any]:
+    """Three latencies the GPU's user feels, measured on the same stack after the run:
+
+    - priority: with a --backlog of `low` jobs flowing (the lookahead full of them), one
+      `urgent` job is submitted; how many backlog jobs still start before it;
+    - cancel: a running job (16 images, so it is mid-generation) is cancelled; time until
+      the WebUI is interrupted and until the run is CANCELLED;
+    - idle start: with the worker idle, one job is submitted; time to RUNNING and to the
+      start of its generation.
+    """
+
+    async def sim_stats() -> dict[str, Any]:
+        return (await http.get(f"{sim}/stats")).json()  # type: ignore[no-any-return]
+
+    async def generation_of(prompt: str) -> dict[str, Any] | None:
+        return next((e for e in (await sim_stats())["events"] if e["prompt"] == prompt), None)
+
+    out: dict[str, Any] = {}
+    (await http.post(f"{sim}/reset")).raise_for_status()
+    backlog = await service.asubmit_runs(records(args.backlog, "backlog", pack_id="backlog"), "low")
+
+    async def three_done() -> bool | None:
+        return True if len((await sim_stats())["events"]) >= 3 else None
+
+    await poll(three_done, 120, "backlog generations")
+    t_urgent = time.time()
+    await service.asubmit_runs(records(1, "urgent", pack_id="urgent"), "urgent")
+    urgent = await poll(lambda: generation_of("urgent job 0"), 120, "urgent generation")
+    jumped = [
+        e for e in (await sim_stats())["events"]
+        if e["prompt"].startswith("backlog") and t_urgent < e["start"] < urgent["start"]
+    ]  # fmt: skip
+    out["urgent_submit_to_start_s"] = round(urgent["start"] - t_urgent, 3)
+    out["backlog_jobs_started_before_urgent"] = len(jumped)
+    await service.acancel_pack("backlog")
+    await follow_until_terminal([r.id for r in backlog])
+
+    (await http.post(f"{sim}/reset")).raise_for_status()
+    long_job = (await service.asubmit_runs(records(1, "long", pack_id="long", batch_size=16)))[0]
+
+    async def generating() -> bool | None:
+        return True if (await sim_stats())["busy"] else None
+
+    await poll(generating, 60, "the long job generating")
+    t_cancel = time.perf_counter()
+    await service.acancel(str(long_job.idempotency_key).split("~")[0])
+
+    async def interrupted() -> bool | None:
+        return True if (await sim_stats())["counters"]["interrupts"] else None
+
+    try:
+        await poll(interrupted, 30, "the WebUI interrupt")
+        out["cancel_to_interrupt_s"] = round(time.perf_counter() - t_cancel, 3)
+    except TimeoutError:  # Prefect's process worker does not interrupt the WebUI
+        out["cancel_to_interrupt_s"] = None
+    await follow_until_terminal([long_job.id])
+    out["cancel_to_cancelled_s"] = round(time.perf_counter() - t_cancel, 3)
+
+    await asyncio.sleep(2)  # let the worker go idle
+    t_idle = time.time()
+    idle_run = (await service.asubmit_runs(records(1, "idle", pack_id="idle")))[0]
+
+    async def running() -> bool | None:
+        async with prefect_client() as client:
+            run = await client.read_flow_run(idle_run.id)
+        return True if run.state and run.state.type.value in ("RUNNING", "COMPLETED") else None
+
+    await poll(running, 60, "the idle-start job RUNNING")
+    out["idle_submit_to_running_s"] = round(time.time() - t_idle, 3)
+    generation = await poll(lambda: generation_of("idle job 0"), 60, "idle-start generation")
+    out["idle_submit_to_generation_s"] = round(generation["start"] - t_idle, 3)
+    await follow_until_terminal([idle_run.id])
+    return out
+
+
+async def follow_until_terminal(ids: list[Any]) -> None:
+    async for _ in follow(ids, timeout=600):
+        pass
+
+
 async def measure(args: argparse.Namespace, stack: Stack, pool: str) -> dict[str, Any]:
     assert stack.webui_url
     service = JobService(pool=pool)
@@ -118,6 +213,8 @@ async def measure(args: argparse.Namespace, stack: Stack, pool: str) -> dict[str
         statuses = [ref.status.value for ref in snapshot.values()]
         events = sorted((await http.get(f"{sim}/stats")).json()["events"], key=lambda e: e["start"])
 
+        extra = await priority_cancel_idle(args, service, http, sim)
+
         await service.aset_paused(True)
         t1 = time.perf_counter()
         await service.asubmit_runs(records(args.submit_jobs, "submission"), "low")
@@ -140,6 +237,7 @@ async def measure(args: argparse.Namespace, stack: Stack, pool: str) -> dict[str
         "end_to_end_s": round(e2e, 3),
         "cpu_ms_per_job": cpu,
         "first_running_s": round(first_running, 3) if first_running is not None else None,
+        **extra,
         "submit_s_measured_jobs": round(submitted, 3),
         "submit_jobs": args.submit_jobs,
         "submit_s": round(submit_seconds, 3),
@@ -155,8 +253,14 @@ def main() -> None:
     parser.add_argument("--seconds-per-image", type=float, default=0.5)
     parser.add_argument("--worker", choices=("stablenew", "process"), default="stablenew")
     parser.add_argument("--submit-jobs", type=int, default=1000)
+    parser.add_argument("--backlog", type=int, default=200, help="low jobs for the priority test")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--no-schedules",
+        action="store_true",
+        help="apply prefect.yaml without its schedules (no export-history run every minute)",
+    )
     args = parser.parse_args()
     print(f"$ python bench/overhead.py {' '.join(sys.argv[1:])}", flush=True)
 
@@ -180,8 +284,12 @@ def main() -> None:
 
             async def deploy() -> None:
                 async with prefect_client() as client:
+                    specs = read_specs()
+                    if args.no_schedules:
+                        specs = [spec.model_copy(update={"schedules": []}) for spec in specs]
                     await apply(
                         client,
+                        specs=specs,
                         gpu_pool=pool,
                         gpu_pool_type="stablenew" if args.worker == "stablenew" else "process",
                     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
@@ -21,6 +21,8 @@ from stablenew.errors import (
     StableNewError,
     WebUIError,
 )
+from stablenew.ordering import group_by_model, model_switches
+from stablenew.records import NormalizedJobRecord
 
 # Documented in docs/cli.md; scripts rely on them.
 EXIT_OK = 0
@@ -30,6 +32,8 @@ EXIT_UNAVAILABLE = 3  # Prefect server or WebUI not reachable
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+KEEP_ORDER_HELP = "Queue jobs in pack order instead of grouping them by checkpoint."
 
 console = Console()
 err_console = Console(stderr=True)
@@ -91,3 +95,16 @@ def guarded(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+def order_note(records: Sequence[NormalizedJobRecord], keep_order: bool) -> str:
+    """ " Grouped by checkpoint: N model switches instead of M." when grouping saved any."""
+    if keep_order:
+        return ""
+    before = model_switches(records)
+    after = model_switches([records[i] for i in group_by_model(records)])
+    return (
+        f" Grouped by checkpoint: {after} model switch(es) instead of {before}."
+        if after < before
+        else ""
+    )

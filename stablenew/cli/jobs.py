@@ -15,9 +15,11 @@ from stablenew.cli._output import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_OK,
+    KEEP_ORDER_HELP,
     console,
     fail,
     guarded,
+    order_note,
     print_json,
 )
 from stablenew.orchestration.pool import PRIORITIES, check_priority
@@ -65,6 +67,7 @@ def submit(
     allow_duplicates: bool = typer.Option(
         False, "--allow-duplicates", help="Queue jobs again even if identical ones exist."
     ),
+    keep_order: bool = typer.Option(False, "--keep-order", help=KEEP_ORDER_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print job ids as JSON."),
 ) -> None:
     """Build PACK and queue its jobs (all or nothing). Needs PREFECT_API_URL or `stablenew up`."""
@@ -75,7 +78,9 @@ def submit(
     records = list(build_jobs(load_pack(pack), generation_defaults=get_settings().generation))
 
     async def go() -> tuple[list[str], dict[str, Any] | None]:
-        runs = await _service().asubmit_runs(records, prio, allow_duplicates=allow_duplicates)
+        runs = await _service().asubmit_runs(
+            records, prio, allow_duplicates=allow_duplicates, group_models=not keep_order
+        )
         ids = [r.idempotency_key.split("~")[0] for r in runs]
         if not wait:
             return ids, None
@@ -87,7 +92,10 @@ def submit(
     if json_out:
         print_json({"job_ids": ids, "priority": prio, "summary": summary})
     else:
-        console.print(f"Queued {len(ids)} job(s) at priority {prio}.", highlight=False)
+        console.print(
+            f"Queued {len(ids)} job(s) at priority {prio}.{order_note(records, keep_order)}",
+            highlight=False,
+        )
     if summary is not None and summary["counts"].get("completed", 0) != summary["total"]:
         raise typer.Exit(EXIT_FAILED)
 

@@ -15,8 +15,10 @@ import typer
 from stablenew.cli._output import (
     EXIT_FAILED,
     EXIT_OK,
+    KEEP_ORDER_HELP,
     console,
     guarded,
+    order_note,
     print_json,
 )
 from stablenew.errors import StableNewError
@@ -141,6 +143,7 @@ def run(
     ),
     keep: bool = typer.Option(False, "--keep", help="Leave the embedded stack running."),
     timeout: float = typer.Option(None, "--timeout", help="Give up waiting after N seconds."),
+    keep_order: bool = typer.Option(False, "--keep-order", help=KEEP_ORDER_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary, nothing else."),
 ) -> None:
     """Build PACK, queue every job, watch them render, and summarize.
@@ -166,11 +169,14 @@ def run(
             await _apply(settings.work_pool)
             service = JobService(pool=settings.work_pool)
             # `run` means "render this now": an identical earlier run does not block it.
-            runs = await service.asubmit_runs(records, prio, allow_duplicates=True)
+            runs = await service.asubmit_runs(
+                records, prio, allow_duplicates=True, group_models=not keep_order
+            )
             if not json_out:
                 console.print(
                     f"Queued [bold]{len(runs)}[/] job(s) from [bold]{records[0].pack_id}[/] "
-                    f"at priority {prio}. Prefect UI: {target.ui_url}",
+                    f"at priority {prio}.{order_note(records, keep_order)} "
+                    f"Prefect UI: {target.ui_url}",
                     highlight=False,
                 )
             summary = await watch_jobs(

@@ -153,7 +153,10 @@ class Stack:
             self.prefect_url = f"http://127.0.0.1:{port}/api"
             proc = self._spawn(
                 "prefect-server",
-                _python("prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)),
+                _python(
+                    "stablenew.orchestration.prefect_server",
+                    *("server", "start", "--host", "127.0.0.1", "--port", str(port)),
+                ),
                 prefect_server_env(self.home),
             )
             health = f"{self.prefect_url}/health"

@@ -50,6 +50,7 @@ from stablenew.orchestration.pool import (
 )
 from stablenew.orchestration.submission import BULK, MAX_RESUBMITS, PAGE, Batch
 from stablenew.orchestration.worker import HOLD_PREFIX
+from stablenew.ordering import group_by_model
 from stablenew.records import NormalizedJobRecord
 
 logger = logging.getLogger(__name__)
@@ -128,14 +129,18 @@ class JobService:
         priority: str = DEFAULT_PRIORITY,
         *,
         allow_duplicates: bool = False,
+        group_models: bool = True,
     ) -> list[str]:
         """Validate every record, then create one flow run each; all-or-nothing.
 
         Returns job ids in input order. An identical record already queued, running or
         completed is refused unless ``allow_duplicates``; one that failed or was cancelled
-        may be submitted again.
+        may be submitted again. ``group_models`` queues jobs that share a checkpoint
+        together, to spare the GPU model switches.
         """
-        runs = await self.asubmit_runs(records, priority, allow_duplicates=allow_duplicates)
+        runs = await self.asubmit_runs(
+            records, priority, allow_duplicates=allow_duplicates, group_models=group_models
+        )
         return [_job_id_of(r) for r in runs]
 
     async def asubmit_runs(
@@ -144,13 +149,17 @@ class JobService:
         priority: str = DEFAULT_PRIORITY,
         *,
         allow_duplicates: bool = False,
+        group_models: bool = True,
         on_created: Callable[[int], None] | None = None,
     ) -> list[FlowRun]:
         """:meth:`asubmit`, returning the created flow runs (input order).
 
         Runs are created through the server's bulk route, ``BULK`` per request in one
-        transaction each, in input order; each gets a scheduled time one microsecond after
-        the previous so FIFO inside a queue follows the input exactly.
+        transaction each. With ``group_models`` jobs that share a checkpoint are queued
+        together (first-seen model first, input order inside each; see
+        :func:`stablenew.ordering.group_by_model`), otherwise in input order. Each gets a
+        scheduled time one microsecond after the previous, so FIFO inside a queue follows
+        that order exactly.
         """
         prio = check_priority(priority)
         valid = self._validate(records)
@@ -166,11 +175,12 @@ class JobService:
                 raise OrchestrationError(
                     f"deployment {self.deployment_name!r} not found; run `stablenew deploy`"
                 ) from None
-            batch = Batch(client, deployment.id, prio, submission, base)
+            order = group_by_model(valid) if group_models else list(range(len(valid)))
+            batch = Batch(client, deployment.id, prio, submission, base, order)
             created: dict[int, FlowRun] = {}
             try:
-                for start in range(0, len(valid), BULK):
-                    chunk = list(enumerate(valid))[start : start + BULK]
+                for start in range(0, len(order), BULK):
+                    chunk = [(i, valid[i]) for i in order[start : start + BULK]]
                     runs = await batch.create_chunk(chunk)
                     for (i, rec), run in zip(chunk, runs, strict=True):
                         if batch.ours(run):
@@ -194,8 +204,13 @@ class JobService:
         priority: str = DEFAULT_PRIORITY,
         *,
         allow_duplicates: bool = False,
+        group_models: bool = True,
     ) -> list[str]:
-        return asyncio.run(self.asubmit(records, priority, allow_duplicates=allow_duplicates))
+        return asyncio.run(
+            self.asubmit(
+                records, priority, allow_duplicates=allow_duplicates, group_models=group_models
+            )
+        )
 
     def run_now(self, records: Iterable[NormalizedJobRecord | dict[str, Any]]) -> list[str]:
         """Submit to the ``urgent`` queue: these run before anything already waiting."""

@@ -6,11 +6,23 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from uuid import UUID
 
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
 
+from stablenew.lifecycle import JobStatus
 from stablenew.orchestration._prefect import prefect_client
 from stablenew.orchestration.jobs import JobRef, job_ref
 from stablenew.orchestration.submission import PAGE
+
+# Ids per "has anything left SCHEDULED?" query. The answer is small (what changed since the
+# last tick), so a wide id list is cheap; it is paged in case many changed at once.
+_WAITING_CHUNK = 2000
 
 
 async def follow(
@@ -18,30 +30,55 @@ async def follow(
 ) -> AsyncIterator[dict[str, JobRef]]:
     """Yield a snapshot {flow_run_id: JobRef} each tick until all runs are terminal.
 
-    Only runs not yet terminal are re-read, so a large pack gets cheaper as it drains.
+    After a first full read, a tick reads only runs that may have changed: those last seen
+    active (a handful: one worker runs one job) and those that have left SCHEDULED since.
+    Re-reading every waiting run, each with its full record, every tick cost the server more
+    CPU than running the jobs, and on a small machine that CPU is taken from the pipeline.
     ``timeout`` bounds the whole wait (``None``: until done).
     """
     latest: dict[str, JobRef] = {}
-    open_ids = list(flow_run_ids)
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     async with prefect_client() as client:
+        for run in await _read(client, [str(i) for i in flow_run_ids]):
+            latest[str(run.id)] = job_ref(run)
         while True:
-            for i in range(0, len(open_ids), PAGE):
-                chunk = open_ids[i : i + PAGE]
-                runs = await client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=PAGE
-                )
-                for run in runs:
-                    latest[str(run.id)] = job_ref(run)
-            open_ids = [
-                rid
-                for rid in open_ids
-                if not ((ref := latest.get(str(rid))) is not None and ref.status.is_terminal)
-            ]
+            open_refs = [ref for ref in latest.values() if not ref.status.is_terminal]
             yield latest
-            if not open_ids:
+            if not open_refs:
                 return
             if deadline is not None and loop.time() >= deadline:
                 return
             await asyncio.sleep(interval)
+            waiting = [r.flow_run_id for r in open_refs if r.status is JobStatus.QUEUED]
+            active = [r.flow_run_id for r in open_refs if r.status is not JobStatus.QUEUED]
+            changed = await _read(client, active)
+            changed += await _read(client, waiting, left_scheduled=True)
+            for run in changed:
+                latest[str(run.id)] = job_ref(run)
+
+
+async def _read(
+    client: PrefectClient, ids: list[str], *, left_scheduled: bool = False
+) -> list[FlowRun]:
+    """Runs among ``ids`` (optionally only those no longer SCHEDULED), paged."""
+    out: list[FlowRun] = []
+    chunk_size = _WAITING_CHUNK if left_scheduled else PAGE
+    for i in range(0, len(ids), chunk_size):
+        flow_run_filter = FlowRunFilter(
+            id=FlowRunFilterId(any_=[UUID(x) for x in ids[i : i + chunk_size]])
+        )
+        if left_scheduled:
+            flow_run_filter.state = FlowRunFilterState(
+                type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED])
+            )
+        offset = 0
+        while True:
+            page = await client.read_flow_runs(
+                flow_run_filter=flow_run_filter, limit=PAGE, offset=offset
+            )
+            out.extend(page)
+            if len(page) < PAGE:
+                break
+            offset += PAGE
+    return out

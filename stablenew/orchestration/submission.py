@@ -71,6 +71,7 @@ class Batch:
         priority: str,
         submission: str,
         base: datetime,
+        order: Sequence[int],
     ) -> None:
         self.client = client
         self.deployment_id = deployment_id
@@ -78,6 +79,8 @@ class Batch:
         self.submission = submission
         self.base = base
         self.keys: dict[int, str] = {}
+        # Input index -> position in the queue (see stablenew.ordering).
+        self.slot = {i: pos for pos, i in enumerate(order)}
 
     def ours(self, run: FlowRun) -> bool:
         return bool(run.context.get("stablenew_submission") == self.submission)
@@ -89,8 +92,10 @@ class Batch:
             parameters={"record": rec.model_dump(mode="json")},
             context={"stablenew_submission": self.submission},
             # Workers take runs by expected start inside a queue: one microsecond apart
-            # keeps the input order exact.
-            state=to_state_create(Scheduled(scheduled_time=self.base + timedelta(microseconds=i))),
+            # keeps the submission order exact.
+            state=to_state_create(
+                Scheduled(scheduled_time=self.base + timedelta(microseconds=self.slot[i]))
+            ),
             tags=run_tags(rec, self.priority),
             idempotency_key=key,
             work_queue_name=self.priority,

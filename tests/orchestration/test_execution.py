@@ -201,3 +201,19 @@ def test_cancel_current_stops_only_the_job_on_the_gpu(live: LiveStack) -> None:
     assert sorted(s.value for s in statuses.values()) == ["cancelled", "completed", "completed"]
     assert statuses[cancelled[0].job_id] == JobStatus.CANCELLED
     assert live.stats()["counters"]["interrupts"] == 1
+
+
+def test_jobs_sharing_a_checkpoint_render_together(live: LiveStack) -> None:
+    service = JobService()
+    service.pause()
+    models = ["v1-5-pruned-emaonly", "dreamshaper_8"] * 3
+    records = [make_record(f"mixed {i}", model=m) for i, m in enumerate(models)]
+    ids = service.submit(records)
+    service.resume()
+    assert set(_wait_terminal(service, ids).values()) == {JobStatus.COMPLETED}
+
+    events = sorted(live.stats()["events"], key=lambda e: e["start"])
+    assert [e["prompt"] for e in events] == [f"mixed {i}" for i in (0, 2, 4, 1, 3, 5)]
+    assert [e["model"].startswith("dreamshaper_8") for e in events] == [False] * 3 + [True] * 3
+    # Interleaved, the GPU would have switched checkpoints before every job but the first.
+    assert live.stats()["counters"]["model_switches"] <= 2

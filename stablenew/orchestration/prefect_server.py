@@ -1,0 +1,108 @@
+"""Run Prefect's own server (``prefect server start ...``) with a fix for SQLite stalls.
+
+    python -m stablenew.orchestration.prefect_server server start --host 127.0.0.1 --port N
+
+The embedded stack starts its server this way. The arguments are Prefect's CLI, unchanged.
+
+The stall it fixes (measured on the bench before the fix: whole-server freezes of 60-120 s,
+several per few hundred jobs): SQLAlchemy 2.0's aiosqlite adapter leaves its cursor open when
+a statement raises (for instance "database is locked"). The cursor is then held by the
+exception's traceback, in a reference cycle, so the cyclic garbage collector frees it later,
+on whichever thread it runs: usually the event loop's. Freeing a sqlite3 cursor resets its
+statement, which takes the connection's mutex; if that connection is meanwhile waiting in
+SQLite's busy handler (Prefect sets a 60 s busy timeout) for a write lock held by a
+transaction whose coroutine needs the event loop, nothing moves until the busy timeout
+expires. ``py-spy dump --native`` of a frozen server shows exactly that: the main thread in
+``gc_collect_main -> cursor_dealloc -> sqlite3_reset -> pthread_mutex_lock``. SQLAlchemy 2.1
+keeps the cursor on the adapter and closes it there, but Prefect 3.8.8's scheduler does not
+work with 2.1 (see constraints.txt), so the 2.0 adapter gets the same behaviour here: the
+cursor is closed on the connection's own thread, error or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections import deque
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy.dialects.sqlite import aiosqlite as sa_aiosqlite
+
+_CURSOR = sa_aiosqlite.AsyncAdapt_aiosqlite_cursor
+_ORIGINAL_EXECUTE = _CURSOR.execute
+_ORIGINAL_EXECUTEMANY = _CURSOR.executemany
+
+
+def _execute(self: Any, operation: Any, parameters: Any = None) -> Any:
+    if self.server_side:  # a streaming cursor stays open by design
+        return _ORIGINAL_EXECUTE(self, operation, parameters)
+    try:
+        cursor = self.await_(self._connection.cursor())
+    except Exception as error:
+        self._adapt_connection._handle_exception(error)
+    try:
+        if parameters is None:
+            self.await_(cursor.execute(operation))
+        else:
+            self.await_(cursor.execute(operation, parameters))
+        if cursor.description:
+            self.description = cursor.description
+            self.lastrowid = self.rowcount = -1
+            self._rows = deque(self.await_(cursor.fetchall()))
+        else:
+            self.description = None
+            self.lastrowid = cursor.lastrowid
+            self.rowcount = cursor.rowcount
+    except Exception as error:
+        _close_quietly(self, cursor)
+        self._adapt_connection._handle_exception(error)
+    self.await_(cursor.close())
+
+
+def _executemany(self: Any, operation: Any, seq_of_parameters: Any) -> Any:
+    if self.server_side:
+        return _ORIGINAL_EXECUTEMANY(self, operation, seq_of_parameters)
+    try:
+        cursor = self.await_(self._connection.cursor())
+    except Exception as error:
+        self._adapt_connection._handle_exception(error)
+    try:
+        self.await_(cursor.executemany(operation, seq_of_parameters))
+        self.description = None
+        self.lastrowid = cursor.lastrowid
+        self.rowcount = cursor.rowcount
+    except Exception as error:
+        _close_quietly(self, cursor)
+        self._adapt_connection._handle_exception(error)
+    self.await_(cursor.close())
+
+
+def _close_quietly(adapter: Any, cursor: Any) -> None:
+    with contextlib.suppress(Exception):  # the statement's own error is the one to report
+        adapter.await_(cursor.close())
+
+
+def close_cursors_on_error() -> bool:
+    """Patch SQLAlchemy 2.0's aiosqlite cursor; returns whether it applied.
+
+    Only the version this was written against is patched (2.1 has its own fix), and
+    server-side (streaming) cursors keep the original code.
+    """
+    if not sqlalchemy.__version__.startswith("2.0."):
+        return False
+    _CURSOR.execute = _execute  # type: ignore[method-assign]
+    _CURSOR.executemany = _executemany  # type: ignore[method-assign]
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    close_cursors_on_error()
+    from prefect.cli import app
+
+    sys.argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The embedded server's SQLite fix: a statement that fails closes its cursor at once.
+
+Left open, the cursor is freed later by the garbage collector on the event loop's thread,
+where it can block on the connection's mutex for SQLite's whole busy timeout (60 s in
+Prefect); see stablenew/orchestration/prefect_server.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiosqlite
+import pytest
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from stablenew.orchestration import prefect_server
+
+
+def _cursors_closed_by_a_failing_statement(db: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    closed: list[object] = []
+    original = aiosqlite.Cursor.close
+
+    async def counting_close(self: aiosqlite.Cursor) -> None:
+        closed.append(self)
+        await original(self)
+
+    monkeypatch.setattr(aiosqlite.Cursor, "close", counting_close)
+
+    async def go() -> int:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{db}")
+        try:
+            async with engine.connect() as conn:
+                await conn.exec_driver_sql("select 1")
+                before = len(closed)
+                with pytest.raises(OperationalError, match="no such table"):
+                    await conn.exec_driver_sql("insert into missing_table values (1)")
+                return len(closed) - before
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def restore_cursor_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    cursor = prefect_server._CURSOR
+    monkeypatch.setattr(cursor, "execute", cursor.execute)
+    monkeypatch.setattr(cursor, "executemany", cursor.executemany)
+
+
+@pytest.mark.usefixtures("restore_cursor_class")
+def test_unpatched_adapter_leaves_the_cursor_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The control: what the fix is for still happens with the stock adapter.
+    assert _cursors_closed_by_a_failing_statement(tmp_path / "a.db", monkeypatch) == 0
+
+
+@pytest.mark.usefixtures("restore_cursor_class")
+def test_patched_adapter_closes_the_cursor_of_a_failed_statement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert prefect_server.close_cursors_on_error()
+    assert _cursors_closed_by_a_failing_statement(tmp_path / "b.db", monkeypatch) == 1
+
+
+@pytest.mark.usefixtures("restore_cursor_class")
+def test_patched_adapter_still_reads_and_writes(tmp_path: Path) -> None:
+    assert prefect_server.close_cursors_on_error()
+
+    async def go() -> list[tuple[int, str]]:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
+        try:
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql("create table t (id integer, name text)")
+                await conn.exec_driver_sql(
+                    "insert into t values (?, ?)", [(1, "a"), (2, "b")]
+                )  # executemany
+                result = await conn.exec_driver_sql("select id, name from t order by id")
+                return [tuple(row) for row in result]
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(go()) == [(1, "a"), (2, "b")]
