@@ -27,7 +27,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -213,7 +214,7 @@ async def measure(args: argparse.Namespace, stack: Stack, pool: str) -> dict[str
         statuses = [ref.status.value for ref in snapshot.values()]
         events = sorted((await http.get(f"{sim}/stats")).json()["events"], key=lambda e: e["start"])
 
-        extra = await priority_cancel_idle(args, service, http, sim)
+        extra = await priority_cancel_idle(args, service, http, sim) if args.latencies else {}
 
         await service.aset_paused(True)
         t1 = time.perf_counter()
@@ -245,6 +246,36 @@ async def measure(args: argparse.Namespace, stack: Stack, pool: str) -> dict[str
     }
 
 
+@contextmanager
+def bench_stack(
+    pool: str, worker: str, sim_args: list[str], *, schedules: bool = True
+) -> Iterator[Stack]:
+    """A throwaway embedded stack (server, simulator, one worker of the given kind), with
+    Prefect settings pointed at it; stopped on exit."""
+    stack = Stack(home=Path(tempfile.mkdtemp(prefix="stablenew-bench-")))
+    os.environ["STABLENEW_WORK_POOL"] = pool
+    try:
+        stack.start(prefect=True, simulator=True, sim_args=sim_args)
+        assert stack.prefect_url
+        with temporary_settings(updates={PREFECT_API_URL: stack.prefect_url}):
+
+            async def deploy() -> None:
+                specs = read_specs()
+                if not schedules:
+                    specs = [spec.model_copy(update={"schedules": []}) for spec in specs]
+                async with prefect_client() as client:
+                    await apply(client, specs=specs, gpu_pool=pool, gpu_pool_type=worker)
+
+            asyncio.run(deploy())
+            if worker == "stablenew":
+                stack.start_worker(extra_env={"STABLENEW_WORK_POOL": pool})
+            else:
+                start_process_worker(stack, pool)
+            yield stack
+    finally:
+        stack.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -254,6 +285,12 @@ def main() -> None:
     parser.add_argument("--worker", choices=("stablenew", "process"), default="stablenew")
     parser.add_argument("--submit-jobs", type=int, default=1000)
     parser.add_argument("--backlog", type=int, default=200, help="low jobs for the priority test")
+    parser.add_argument(
+        "--no-latencies",
+        dest="latencies",
+        action="store_false",
+        help="skip the priority-jump, cancel and idle-start measurements",
+    )
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
@@ -264,44 +301,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"$ python bench/overhead.py {' '.join(sys.argv[1:])}", flush=True)
 
-    home = Path(tempfile.mkdtemp(prefix="stablenew-bench-"))
-    stack = Stack(home=home)
     pool = "stablenew-gpu" if args.worker == "stablenew" else "stablenew-gpu-process"
-    os.environ["STABLENEW_WORK_POOL"] = pool
-    try:
-        stack.start(
-            prefect=True,
-            simulator=True,
-            sim_args=[
-                "--seconds-per-image",
-                str(args.seconds_per_image),
-                "--seconds-per-step",
-                "0",
-            ],
-        )
-        assert stack.prefect_url
-        with temporary_settings(updates={PREFECT_API_URL: stack.prefect_url}):
-
-            async def deploy() -> None:
-                async with prefect_client() as client:
-                    specs = read_specs()
-                    if args.no_schedules:
-                        specs = [spec.model_copy(update={"schedules": []}) for spec in specs]
-                    await apply(
-                        client,
-                        specs=specs,
-                        gpu_pool=pool,
-                        gpu_pool_type="stablenew" if args.worker == "stablenew" else "process",
-                    )
-
-            asyncio.run(deploy())
-            if args.worker == "stablenew":
-                stack.start_worker(extra_env={"STABLENEW_WORK_POOL": pool})
-            else:
-                start_process_worker(stack, pool)
-            result = asyncio.run(measure(args, stack, pool))
-    finally:
-        stack.stop()
+    sim_args = ["--seconds-per-image", str(args.seconds_per_image), "--seconds-per-step", "0"]
+    with bench_stack(pool, args.worker, sim_args, schedules=not args.no_schedules) as stack:
+        result = asyncio.run(measure(args, stack, pool))
 
     for key, value in result.items():
         print(f"{key:>24}: {value}")

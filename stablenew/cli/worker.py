@@ -13,6 +13,9 @@ import typer
 from stablenew.cli._output import console, guarded
 from stablenew.errors import WebUIError
 
+# The control pool gets an export run a minute and the odd submit-pack from the UI.
+CONTROL_POLL_SECONDS = 2.0
+
 
 def register(root: typer.Typer) -> None:
     root.command("worker")(worker)
@@ -81,7 +84,13 @@ def worker(
         )
     ]
     if control:
-        workers.append(StableNewWorker(work_pool_name=CONTROL_POOL, name=f"{worker_name}-control"))
+        workers.append(
+            StableNewWorker(
+                work_pool_name=CONTROL_POOL,
+                name=f"{worker_name}-control",
+                min_poll_seconds=CONTROL_POLL_SECONDS,
+            )
+        )
 
     # Import the render flow's code now: the first claimed runs would otherwise all wait on
     # this cold start together and reach the GPU gate in arbitrary order.

@@ -80,7 +80,13 @@ def prefect_server_env(home: Path) -> dict[str, str]:
 
 
 def client_env(api_url: str) -> dict[str, str]:
-    return {"PREFECT_API_URL": api_url, "PREFECT_SERVER_EPHEMERAL_ENABLED": "false"}
+    return {
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_EPHEMERAL_ENABLED": "false",
+        # The embedded server does not enforce CSRF (Prefect's default); without this every
+        # new client, one per flow run in the worker, first fetches a token it never needs.
+        "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
+    }
 
 
 @dataclass

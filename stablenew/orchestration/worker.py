@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, Self
 from uuid import UUID
 
 import anyio
 import anyio.abc
 import httpx
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -33,8 +34,8 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
-from prefect.client.schemas.objects import FlowRun, State, StateType
-from prefect.client.schemas.responses import WorkerFlowRunResponse
+from prefect.client.schemas.objects import FlowRun, State, StateType, WorkPool
+from prefect.client.schemas.responses import DeploymentResponse, WorkerFlowRunResponse
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow
 from prefect.flows import Flow, load_flow_from_flow_run
@@ -54,12 +55,39 @@ logger = logging.getLogger(__name__)
 
 HOLD_PREFIX = "stablenew_hold__"
 CANCEL_POLL_SECONDS = 0.5
-FULL_POLL_SECONDS = 1.0
+POOL_READ_SECONDS = 1.0
 CANCEL_GRACE_SECONDS = 15.0
 
 
 class StableNewJobConfiguration(BaseJobConfiguration):
     """Nothing to configure per run: the worker's own settings bind it to its WebUI."""
+
+    @classmethod
+    async def resolve_for_flow_run(
+        cls,
+        flow_run: FlowRun,
+        *,
+        client: PrefectClient,
+        work_pool: WorkPool,
+        worker_name: str,
+        worker_id: UUID | None = None,
+        deployment: DeploymentResponse | None = None,
+    ) -> Self:
+        """The base class reads the run's deployment and flow for every run, to merge job
+        variables we do not have; two API reads per job that the GPU would wait behind."""
+        configuration: Self = await cls.from_template_and_values(
+            base_job_template=work_pool.base_job_template,
+            values=dict(flow_run.job_variables or {}),
+            client=client,
+        )
+        configuration.prepare_for_flow_run(
+            flow_run=flow_run,
+            deployment=deployment,
+            work_pool=work_pool,
+            worker_name=worker_name,
+            worker_id=worker_id,
+        )
+        return configuration
 
 
 class StableNewVariables(BaseVariables):
@@ -91,10 +119,13 @@ class StableNewWorker(
         readiness_check: ReadinessCheck | None = None,
         interrupter: Interrupter | None = None,
         lookahead: int | None = None,
+        min_poll_seconds: float = 0.0,
         **kwargs: Any,
     ) -> None:
         """``lookahead=N`` makes this the process's GPU worker: one job renders while up to N
-        more are claimed and started, waiting at the GPU gate (``None``: a plain worker)."""
+        more are claimed and started, waiting at the GPU gate (``None``: a plain worker).
+        ``min_poll_seconds`` spaces this worker's polls out beyond Prefect's query interval
+        (for the control pool, which gets a run a minute: each poll costs the server writes)."""
         self.gate: GpuGate | None = None
         self._cap = 0
         if lookahead is not None:
@@ -110,12 +141,19 @@ class StableNewWorker(
         self._flows_lock = asyncio.Lock()
         self._in_flight: dict[UUID, tuple[FlowRun, threading.Event]] = {}
         self._watching = False
-        self._last_full_poll = 0.0
+        self._last_pool_read = 0.0
+        self._min_poll_seconds = min_poll_seconds
+        self._last_poll = -min_poll_seconds
         self.hold_reason: str | None = None
 
     # -- polling --------------------------------------------------------------------------
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        if self._min_poll_seconds:
+            now = time.monotonic()
+            if now - self._last_poll < self._min_poll_seconds:
+                return []
+            self._last_poll = now
         if self._readiness_check is not None:
             reason = await anyio.to_thread.run_sync(self._readiness_check)
             if reason != self.hold_reason:
@@ -132,19 +170,28 @@ class StableNewWorker(
         return await self._claim_for_gpu(self.gate)
 
     async def _claim_for_gpu(self, gate: GpuGate) -> list[FlowRun]:
-        full = int(self.limiter.borrowed_tokens) >= self._cap
+        if int(self.limiter.borrowed_tokens) > self._cap:
+            return []  # the one slot beyond the lookahead is taken by a priority jump
+        full = int(self.limiter.borrowed_tokens) == self._cap
         now = time.monotonic()
-        if full and now - self._last_full_poll < FULL_POLL_SECONDS:
-            # Nothing can be claimed but a priority jump: look for one less often, since
-            # every poll costs the server as much as part of a job.
-            return []
+        queues: list[str] | None = None
         if full:
-            self._last_full_poll = now
-        pool = await self.client.read_work_pool(self._work_pool_name)
-        gate.set_paused(pool.is_paused)
-        if pool.is_paused:
-            return []
-        responses = await self._next_scheduled(limit=self._cap + 2)  # best first
+            # Nothing can be claimed but a priority jump, so ask only the queues that rank
+            # above every staged run (none: nothing to ask), and only for one run.
+            staged = gate.staged()
+            worst = max((rank[0] for rank in staged.values()), default=0)
+            queues = [name for name, prio in QUEUE_PRIORITY.items() if prio < worst]
+            if not queues:
+                return []
+        if not full or now - self._last_pool_read >= POOL_READ_SECONDS:
+            # The pause flag only matters to the gate (staged runs hold while paused); a
+            # paused pool hands out no runs anyway, so a full worker reads it less often.
+            self._last_pool_read = now
+            pool = await self.client.read_work_pool(self._work_pool_name)
+            gate.set_paused(pool.is_paused)
+            if pool.is_paused:
+                return []
+        responses = await self._next_scheduled(limit=1 if full else self._cap + 2, queues=queues)
         in_flight = int(self.limiter.borrowed_tokens)
         staged = gate.staged()
         chosen: list[WorkerFlowRunResponse] = []
@@ -172,7 +219,9 @@ class StableNewWorker(
                 gate.forget(response.flow_run.id)
         return submitted
 
-    async def _next_scheduled(self, limit: int) -> list[WorkerFlowRunResponse]:
+    async def _next_scheduled(
+        self, limit: int, queues: list[str] | None = None
+    ) -> list[WorkerFlowRunResponse]:
         """The ``limit`` best scheduled runs (queue priority, then time).
 
         Prefect's client asks for every scheduled run, each with its parameters (our full
@@ -180,7 +229,12 @@ class StableNewWorker(
         used more server CPU than the jobs. The server accepts a limit; we send it.
         """
         body: dict[str, Any] = {"scheduled_before": str(datetime.now(UTC)), "limit": limit}
-        if self._work_queues:
+        if queues is not None:
+            names = [q for q in queues if not self._work_queues or q in self._work_queues]
+            if not names:
+                return []
+            body["work_queue_names"] = names
+        elif self._work_queues:
             body["work_queue_names"] = sorted(self._work_queues)
         try:
             response = await self.client.request(
@@ -218,6 +272,11 @@ class StableNewWorker(
             self._logger.debug("could not publish hold state: %r", exc)
 
     # -- running --------------------------------------------------------------------------
+
+    async def _propose_submitting_state(self, flow_run: FlowRun) -> None:
+        """Skipped: "Submitting" is a second PENDING-type state between Pending and Running.
+        For an in-process run that starts at once it only costs a state write, its event and
+        an orchestration pass per job."""
 
     async def _load_flow(self, flow_run: FlowRun) -> Flow[..., Any]:
         key = flow_run.deployment_id or flow_run.flow_id

@@ -217,3 +217,26 @@ def test_jobs_sharing_a_checkpoint_render_together(live: LiveStack) -> None:
     assert [e["model"].startswith("dreamshaper_8") for e in events] == [False] * 3 + [True] * 3
     # Interleaved, the GPU would have switched checkpoints before every job but the first.
     assert live.stats()["counters"]["model_switches"] <= 2
+
+
+def test_urgent_job_overtakes_a_full_lookahead(live: LiveStack) -> None:
+    service = JobService()
+    # 150 steps at the simulator's 0.01 s a step: 1.5 s a job, so the worker's lookahead
+    # (1 rendering + 4 staged) is full of low jobs when the urgent one arrives.
+    low = [make_record(f"backlog {i}", steps=150) for i in range(7)]
+    service.submit(low, "low")
+    wait_for(lambda: live.stats()["events"], timeout=60, what="the first backlog job")
+    urgent = make_record("urgent jump")
+    submitted_at = time.time()
+    service.run_now([urgent])
+    statuses = _wait_terminal(service, [r.job_id for r in [*low, urgent]], timeout=120)
+    assert set(statuses.values()) == {JobStatus.COMPLETED}
+
+    events = sorted(live.stats()["events"], key=lambda e: e["start"])
+    prompts = [e["prompt"] for e in events]
+    position = prompts.index("urgent jump")
+    overtaken_by = [e["prompt"] for e in events[:position] if e["start"] > submitted_at]
+    # At most the job the GPU had already been handed may start in between: not the
+    # staged batch behind it.
+    assert len(overtaken_by) <= 1, overtaken_by
+    assert position < len(prompts) - 2
