@@ -132,13 +132,19 @@ async def priority_cancel_idle(
     await poll(three_done, 120, "backlog generations")
     t_urgent = time.time()
     await service.asubmit_runs(records(1, "urgent", pack_id="urgent"), "urgent")
+    t_created = time.time()  # the submit call has returned: the run exists
     urgent = await poll(lambda: generation_of("urgent job 0"), 120, "urgent generation")
-    jumped = [
-        e for e in (await sim_stats())["events"]
-        if e["prompt"].startswith("backlog") and t_urgent < e["start"] < urgent["start"]
-    ]  # fmt: skip
+    backlog_starts = [
+        e["start"] for e in (await sim_stats())["events"] if e["prompt"].startswith("backlog")
+    ]
+    out["urgent_submit_call_s"] = round(t_created - t_urgent, 3)
     out["urgent_submit_to_start_s"] = round(urgent["start"] - t_urgent, 3)
-    out["backlog_jobs_started_before_urgent"] = len(jumped)
+    out["backlog_jobs_started_before_urgent"] = sum(
+        t_urgent < t < urgent["start"] for t in backlog_starts
+    )
+    out["backlog_jobs_started_after_urgent_existed"] = sum(
+        t_created < t < urgent["start"] for t in backlog_starts
+    )
     await service.acancel_pack("backlog")
     await follow_until_terminal([r.id for r in backlog])
 
@@ -235,6 +241,12 @@ async def measure(args: argparse.Namespace, stack: Stack, pool: str) -> dict[str
         "median_gap_ms": round(statistics.median(gaps) * 1000, 1) if gaps else None,
         "p95_gap_ms": round(sorted(gaps)[int(0.95 * (len(gaps) - 1))] * 1000, 1) if gaps else None,
         "max_gap_ms": round(max(gaps) * 1000, 1) if gaps else None,
+        # Where the idle time went: gaps over 1 s as (seconds into the run, length in s).
+        "gaps_over_1s": [
+            (round(a["end"] - events[0]["start"], 1), round(b["start"] - a["end"], 2))
+            for a, b in itertools.pairwise(events)
+            if b["start"] - a["end"] > 1
+        ],
         "end_to_end_s": round(e2e, 3),
         "cpu_ms_per_job": cpu,
         "first_running_s": round(first_running, 3) if first_running is not None else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -18,6 +19,7 @@ from stablenew.orchestration.render import (
     artifact_rows,
     gpu_turn,
     is_transient_failure,
+    release_gpu,
     render_images,
     wait_for_webui,
     write_outputs,
@@ -35,7 +37,12 @@ from stablenew.records import NormalizedJobRecord
 )
 def render_stages(record: NormalizedJobRecord) -> list[Any]:
     """Run txt2img → img2img → upscale on the WebUI; transient faults are retried."""
-    return render_images(record, cancellation.event_for(flow_run.get_id()))
+    run_id = flow_run.get_id()
+    return render_images(
+        record,
+        cancellation.event_for(run_id),
+        on_webui_done=partial(release_gpu, UUID(run_id) if run_id else None),
+    )
 
 
 @flow(name="render-job", persist_result=False, log_prints=False)

@@ -86,6 +86,10 @@ def client_env(api_url: str) -> dict[str, str]:
         # The embedded server does not enforce CSRF (Prefect's default); without this every
         # new client, one per flow run in the worker, first fetches a token it never needs.
         "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
+        # The embedded server asks for a retry after 0.25 s when SQLite is locked (see
+        # prefect_server.py) instead of the client's 2, 4, 8, 16, 32 s; this many tries keep
+        # about the same patience (~30 s) for a lock that lasts.
+        "PREFECT_CLIENT_MAX_RETRIES": "120",
     }
 
 

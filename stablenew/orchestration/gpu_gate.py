@@ -114,11 +114,16 @@ class GpuGate:
         try:
             yield
         finally:
-            with self._cond:
-                if self._holder == run_id:
-                    self._holder = None
-                    self._released_at = time.monotonic()
-                self._cond.notify_all()
+            self.release(run_id)
+
+    def release(self, run_id: UUID) -> None:
+        """Give the GPU up before the ``hold`` block ends (a no-op unless ``run_id`` holds
+        it): the WebUI is done with the job, bookkeeping left need not keep it idle."""
+        with self._cond:
+            if self._holder == run_id:
+                self._holder = None
+                self._released_at = time.monotonic()
+            self._cond.notify_all()
 
 
 _installed: GpuGate | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -68,9 +68,27 @@ def gpu_turn(run_id: UUID | None, cancel_event: threading.Event) -> Iterator[Non
         raise WebUIInterrupted(str(e), url=webui_client().base_url) from e
 
 
-def render_images(record: NormalizedJobRecord, cancel_event: threading.Event) -> list[OutputImage]:
-    """Run the stage chain on this worker's WebUI; images with their sizes."""
+def release_gpu(run_id: UUID | None) -> None:
+    """This run has had its last WebUI answer: the next job may start generating now, while
+    Prefect records this one's task result (part of the gap between jobs otherwise)."""
+    gate = gpu_gate.installed()
+    if gate is not None and run_id is not None:
+        gate.release(run_id)
+
+
+def render_images(
+    record: NormalizedJobRecord,
+    cancel_event: threading.Event,
+    on_webui_done: Callable[[], None] | None = None,
+) -> list[OutputImage]:
+    """Run the stage chain on this worker's WebUI; images with their sizes.
+
+    ``on_webui_done`` is called once every stage has answered, before the images are
+    decoded; not after a failure, since a retry must still hold the GPU.
+    """
     result = run_stages(webui_client(), record, cancel_event=cancel_event)
+    if on_webui_done is not None:
+        on_webui_done()
     outputs: list[OutputImage] = []
     for image in result.images:
         with Image.open(io.BytesIO(image.png)) as decoded:  # reads the header only

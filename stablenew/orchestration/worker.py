@@ -273,6 +273,14 @@ class StableNewWorker(
 
     # -- running --------------------------------------------------------------------------
 
+    async def _give_worker_labels_to_flow_run(self, flow_run_id: UUID) -> None:
+        """The worker's name on the run (history shows it) is worth a try, not a crash: in
+        BaseWorker a failed label write reports the whole run as CRASHED."""
+        try:
+            await super()._give_worker_labels_to_flow_run(flow_run_id)
+        except Exception as exc:
+            self._logger.warning("could not label flow run %s: %s", flow_run_id, exc)
+
     async def _propose_submitting_state(self, flow_run: FlowRun) -> None:
         """Skipped: "Submitting" is a second PENDING-type state between Pending and Running.
         For an in-process run that starts at once it only costs a state write, its event and

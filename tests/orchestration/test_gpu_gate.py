@@ -112,3 +112,23 @@ def test_forget_releases_a_holder_that_died() -> None:
     with gate.hold(run, _rank(1), threading.Event()):
         gate.forget(run)
         assert gate.holder is None
+
+
+def test_release_inside_the_block_lets_the_next_run_in_at_once() -> None:
+    gate = GpuGate()
+    first, second = uuid.uuid4(), uuid.uuid4()
+    granted = threading.Event()
+
+    def next_run() -> None:
+        with gate.hold(second, _rank(1, 1), threading.Event()):
+            granted.set()
+
+    with gate.hold(first, _rank(1), threading.Event()):
+        waiter = threading.Thread(target=next_run)
+        waiter.start()
+        assert not granted.wait(0.2)  # still held
+        gate.release(first)
+        assert granted.wait(2)  # before the first block has ended
+        gate.release(first)  # idempotent: does not touch the new holder's turn
+        waiter.join(2)
+    assert gate.holder is None

@@ -1,4 +1,5 @@
-"""The embedded server's SQLite fix: a statement that fails closes its cursor at once.
+"""The embedded server's SQLite fixes: a statement that fails closes its cursor at once, and
+a locked database answers 503 with a short Retry-After.
 
 Left open, the cursor is freed later by the garbage collector on the event loop's thread,
 where it can block on the connection's mutex for SQLite's whole busy timeout (60 s in
@@ -8,12 +9,14 @@ Prefect); see stablenew/orchestration/prefect_server.py.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import aiosqlite
 import pytest
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
+from starlette.requests import Request
 
 from stablenew.orchestration import prefect_server
 
@@ -84,3 +87,27 @@ def test_patched_adapter_still_reads_and_writes(tmp_path: Path) -> None:
             await engine.dispose()
 
     assert asyncio.run(go()) == [(1, "a"), (2, "b")]
+
+
+def test_a_locked_database_answers_503_with_a_short_retry_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefect.server.api import server as api_server
+
+    monkeypatch.setattr(
+        api_server,
+        "custom_internal_exception_handler",
+        api_server.custom_internal_exception_handler,
+    )
+    prefect_server.retry_soon_when_locked()
+    handler = api_server.custom_internal_exception_handler
+    request = Request({"type": "http", "method": "POST", "path": "/api/x", "headers": []})
+
+    locked = OperationalError("UPDATE ...", {}, sqlite3.OperationalError("database is locked"))
+    response = asyncio.run(handler(request, locked))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == prefect_server.LOCKED_RETRY_AFTER_SECONDS
+
+    other = asyncio.run(handler(request, RuntimeError("boom")))
+    assert other.status_code == 500
+    assert "Retry-After" not in other.headers
