@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy
@@ -41,11 +42,8 @@ _ORIGINAL_EXECUTEMANY = _CURSOR.executemany
 def _execute(self: Any, operation: Any, parameters: Any = None) -> Any:
     if self.server_side:  # a streaming cursor stays open by design
         return _ORIGINAL_EXECUTE(self, operation, parameters)
-    try:
-        cursor = self.await_(self._connection.cursor())
-    except Exception as error:
-        self._adapt_connection._handle_exception(error)
-    try:
+
+    def work(cursor: Any) -> None:
         if parameters is None:
             self.await_(cursor.execute(operation))
         else:
@@ -58,28 +56,36 @@ def _execute(self: Any, operation: Any, parameters: Any = None) -> Any:
             self.description = None
             self.lastrowid = cursor.lastrowid
             self.rowcount = cursor.rowcount
-    except Exception as error:
-        _close_quietly(self, cursor)
-        self._adapt_connection._handle_exception(error)
-    self.await_(cursor.close())
+
+    _on_own_cursor(self, work)
 
 
 def _executemany(self: Any, operation: Any, seq_of_parameters: Any) -> Any:
     if self.server_side:
         return _ORIGINAL_EXECUTEMANY(self, operation, seq_of_parameters)
-    try:
-        cursor = self.await_(self._connection.cursor())
-    except Exception as error:
-        self._adapt_connection._handle_exception(error)
-    try:
+
+    def work(cursor: Any) -> None:
         self.await_(cursor.executemany(operation, seq_of_parameters))
         self.description = None
         self.lastrowid = cursor.lastrowid
         self.rowcount = cursor.rowcount
+
+    _on_own_cursor(self, work)
+
+
+def _on_own_cursor(adapter: Any, work: Callable[[Any], None]) -> None:
+    """Run ``work`` on a fresh aiosqlite cursor and close it on its thread, error or not
+    (the 2.0 adapter's own code closes it only on success)."""
+    try:
+        cursor = adapter.await_(adapter._connection.cursor())
     except Exception as error:
-        _close_quietly(self, cursor)
-        self._adapt_connection._handle_exception(error)
-    self.await_(cursor.close())
+        adapter._adapt_connection._handle_exception(error)
+    try:
+        work(cursor)
+    except Exception as error:
+        _close_quietly(adapter, cursor)
+        adapter._adapt_connection._handle_exception(error)
+    adapter.await_(cursor.close())
 
 
 def _close_quietly(adapter: Any, cursor: Any) -> None:
