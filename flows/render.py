@@ -36,13 +36,18 @@ from stablenew.records import NormalizedJobRecord
     persist_result=False,
 )
 def render_stages(record: NormalizedJobRecord) -> list[Any]:
-    """Run txt2img → img2img → upscale on the WebUI; transient faults are retried."""
-    run_id = flow_run.get_id()
-    return render_images(
-        record,
-        cancellation.event_for(run_id),
-        on_webui_done=partial(release_gpu, UUID(run_id) if run_id else None),
-    )
+    """Take this worker's GPU, run txt2img → img2img → upscale on the WebUI, give the GPU up
+    at the last answer; transient faults are retried (each attempt queues for the GPU again,
+    so a backoff does not idle it).
+
+    The gate is taken inside the task: starting a Prefect task costs ~30 ms, which would
+    otherwise sit between one job's last answer and the next job's request.
+    """
+    raw_id = flow_run.get_id()
+    run_id = UUID(raw_id) if raw_id else None
+    cancel = cancellation.event_for(raw_id)
+    with gpu_turn(run_id, cancel):
+        return render_images(record, cancel, on_webui_done=partial(release_gpu, run_id))
 
 
 @flow(name="render-job", persist_result=False, log_prints=False)
@@ -58,10 +63,8 @@ async def render_job(record: NormalizedJobRecord) -> list[dict[str, Any]] | Stat
     cancel = cancellation.event_for(flow_run.get_id())
     if cancel.is_set():
         return Cancelled(message="cancelled before generation")
-    run_id = flow_run.get_id()
     try:
-        with gpu_turn(UUID(run_id) if run_id else None, cancel):
-            images = render_stages(record)
+        images = render_stages(record)
     except WebUIInterrupted:
         if cancel.is_set():
             logger.info("Job %s cancelled during generation", record.job_id)

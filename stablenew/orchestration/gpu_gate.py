@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from uuid import UUID
@@ -44,6 +44,9 @@ class GpuGate:
         self._ranks: dict[UUID, Rank] = {}  # kept across retries of the same run
         self._waiting: dict[UUID, Rank] = {}
         self._paused = False
+        # Told (outside the lock) which run has just got the GPU: the worker publishes it,
+        # since from outside every run waiting here looks the same (its render task RUNNING).
+        self.on_grant: Callable[[UUID], None] | None = None
 
     @property
     def holder(self) -> UUID | None:
@@ -111,6 +114,8 @@ class GpuGate:
                 "GPU to run %s (priority %s) after %.3fs; %d waiting",
                 run_id, rank[0], time.monotonic() - asked, len(self._waiting),
             )  # fmt: skip
+        if self.on_grant is not None:
+            self.on_grant(run_id)
         try:
             yield
         finally:

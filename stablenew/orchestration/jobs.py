@@ -46,10 +46,11 @@ from stablenew.orchestration.pool import (
     DEFAULT_PRIORITY,
     PRIORITIES,
     QUEUE_PRIORITY,
+    WORKER_TYPE,
     check_priority,
 )
 from stablenew.orchestration.submission import BULK, MAX_RESUBMITS, PAGE, Batch
-from stablenew.orchestration.worker import HOLD_PREFIX
+from stablenew.orchestration.worker import GPU_HOLDER_PREFIX, HOLD_PREFIX
 from stablenew.ordering import group_by_model
 from stablenew.records import NormalizedJobRecord
 
@@ -356,10 +357,25 @@ class JobService:
         return asyncio.run(self.acancel_pack(pack_id))
 
     async def acancel_current(self) -> list[JobRef]:
-        """Cancel what is generating now: runs whose render task is RUNNING. Runs a worker
-        has started ahead, still waiting for the GPU, are left alone."""
+        """Cancel what is generating now: on each worker, the run that holds its GPU (the
+        worker publishes it) if its render task is RUNNING. Runs a worker has started ahead,
+        waiting for the GPU, are left alone."""
         async with prefect_client() as client:
             running = await self._pool_runs(client, [StateType.RUNNING])
+            if not running:
+                return []
+            holders = {
+                str(v.value.get("flow_run_id"))
+                for v in await client.read_variables(limit=200)
+                if v.name.startswith(GPU_HOLDER_PREFIX) and isinstance(v.value, dict)
+            }
+            # Under Prefect's stock process worker there is no gate (and nothing staged).
+            running = [
+                r
+                for r in running
+                if str(r.id) in holders
+                or (r.labels or {}).get("prefect.worker.type") != WORKER_TYPE
+            ]
             if not running:
                 return []
             rendering = await client.read_task_runs(

@@ -54,6 +54,7 @@ from stablenew.orchestration.pool import QUEUE_PRIORITY
 logger = logging.getLogger(__name__)
 
 HOLD_PREFIX = "stablenew_hold__"
+GPU_HOLDER_PREFIX = "stablenew_gpu__"
 CANCEL_POLL_SECONDS = 0.5
 POOL_READ_SECONDS = 1.0
 CANCEL_GRACE_SECONDS = 15.0
@@ -133,6 +134,7 @@ class StableNewWorker(
             # One slot more than the cap: room for a run that outranks every staged one.
             kwargs["limit"] = self._cap + 1
             self.gate = GpuGate()
+            self.gate.on_grant = self._on_grant
             gpu_gate.install(self.gate)
         super().__init__(*args, **kwargs)
         self._readiness_check = readiness_check
@@ -142,6 +144,7 @@ class StableNewWorker(
         self._in_flight: dict[UUID, tuple[FlowRun, threading.Event]] = {}
         self._watching = False
         self._last_pool_read = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._min_poll_seconds = min_poll_seconds
         self._last_poll = -min_poll_seconds
         self.hold_reason: str | None = None
@@ -149,6 +152,7 @@ class StableNewWorker(
     # -- polling --------------------------------------------------------------------------
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        self._loop = asyncio.get_running_loop()
         if self._min_poll_seconds:
             now = time.monotonic()
             if now - self._last_poll < self._min_poll_seconds:
@@ -253,6 +257,26 @@ class StableNewWorker(
         super()._release_limit_slot(flow_run_id)
         if self.gate is not None:
             self.gate.forget(flow_run_id)
+
+    def _on_grant(self, flow_run_id: UUID) -> None:
+        """Called on the flow's thread when a run gets the GPU; publishing must not delay it."""
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._publish_gpu_holder(flow_run_id), self._loop)
+
+    async def _publish_gpu_holder(self, flow_run_id: UUID) -> None:
+        """Which run this worker's GPU is generating for (a Variable): how ``cancel
+        --current`` tells it from runs that wait at the gate with their render task RUNNING."""
+        name = gpu_variable_name(self.name)
+        value = {"worker": self.name, "flow_run_id": str(flow_run_id), "since": time.time()}
+        try:
+            try:
+                await self.client.update_variable(VariableUpdate(name=name, value=value))
+            except httpx.HTTPStatusError as e:
+                if e.response.status_code != 404:
+                    raise
+                await self.client.create_variable(VariableCreate(name=name, value=value))
+        except Exception as exc:  # visibility only: never disturb the job for it
+            self._logger.debug("could not publish the GPU holder: %r", exc)
 
     async def _publish_hold(self, reason: str | None) -> None:
         """Make the hold visible to ``stablenew queue`` and the Prefect UI (a Variable)."""
@@ -401,7 +425,15 @@ def rank_of(run: FlowRun) -> Rank:
 
 
 def hold_variable_name(worker_name: str) -> str:
-    return HOLD_PREFIX + re.sub(r"[^a-z0-9_]+", "_", worker_name.lower())[:200]
+    return HOLD_PREFIX + _variable_suffix(worker_name)
+
+
+def gpu_variable_name(worker_name: str) -> str:
+    return GPU_HOLDER_PREFIX + _variable_suffix(worker_name)
+
+
+def _variable_suffix(worker_name: str) -> str:
+    return re.sub(r"[^a-z0-9_]+", "_", worker_name.lower())[:200]
 
 
 def _run_flow_blocking(flow: Flow[..., Any], flow_run: FlowRun) -> State[Any]:
