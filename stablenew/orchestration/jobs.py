@@ -50,7 +50,7 @@ from stablenew.orchestration.pool import (
     check_priority,
 )
 from stablenew.orchestration.submission import BULK, MAX_RESUBMITS, PAGE, Batch
-from stablenew.orchestration.worker import GPU_HOLDER_PREFIX, HOLD_PREFIX
+from stablenew.orchestration.worker_state import read_gpu_holders, read_holds
 from stablenew.ordering import group_by_model
 from stablenew.records import NormalizedJobRecord
 
@@ -307,11 +307,7 @@ class JobService:
             pool = await client.read_work_pool(self.pool)
             queues = await client.read_work_queues(work_pool_name=self.pool)
             runs = await self._pool_runs(client, _ACTIVE)
-            holds = [
-                f"{v.value.get('worker')}: {v.value.get('reason')}"
-                for v in await client.read_variables(limit=200)
-                if v.name.startswith(HOLD_PREFIX) and isinstance(v.value, dict)
-            ]
+            holds = await read_holds(client)
         rank: dict[str, int] = {name: QUEUE_PRIORITY.get(name, 99) for name in PRIORITIES}
         pending = sorted(
             (job_ref(r) for r in runs if r.state_type in _QUEUED),
@@ -364,11 +360,7 @@ class JobService:
             running = await self._pool_runs(client, [StateType.RUNNING])
             if not running:
                 return []
-            holders = {
-                str(v.value.get("flow_run_id"))
-                for v in await client.read_variables(limit=200)
-                if v.name.startswith(GPU_HOLDER_PREFIX) and isinstance(v.value, dict)
-            }
+            holders = await read_gpu_holders(client)
             # Under Prefect's stock process worker there is no gate (and nothing staged).
             running = [
                 r

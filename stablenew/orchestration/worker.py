@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,6 @@ import anyio
 import anyio.abc
 import httpx
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
@@ -36,7 +34,6 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, State, StateType, WorkPool
 from prefect.client.schemas.responses import DeploymentResponse, WorkerFlowRunResponse
-from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow
 from prefect.flows import Flow, load_flow_from_flow_run
 from prefect.states import Cancelled
@@ -50,11 +47,10 @@ from prefect.workers.base import (
 from stablenew.orchestration import cancellation, gpu_gate
 from stablenew.orchestration.gpu_gate import GpuGate, Rank
 from stablenew.orchestration.pool import QUEUE_PRIORITY
+from stablenew.orchestration.worker_state import publish_gpu_holder, publish_hold
 
 logger = logging.getLogger(__name__)
 
-HOLD_PREFIX = "stablenew_hold__"
-GPU_HOLDER_PREFIX = "stablenew_gpu__"
 CANCEL_POLL_SECONDS = 0.5
 POOL_READ_SECONDS = 1.0
 CANCEL_GRACE_SECONDS = 15.0
@@ -166,7 +162,7 @@ class StableNewWorker(
                 else:
                     self._logger.info("WebUI ready; taking jobs.")
                 self.hold_reason = reason
-                await self._publish_hold(reason)
+                await publish_hold(self.client, self.name, reason, self._logger)
             if reason:
                 return []
         if self.gate is None:
@@ -261,39 +257,9 @@ class StableNewWorker(
     def _on_grant(self, flow_run_id: UUID) -> None:
         """Called on the flow's thread when a run gets the GPU; publishing must not delay it."""
         if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._publish_gpu_holder(flow_run_id), self._loop)
-
-    async def _publish_gpu_holder(self, flow_run_id: UUID) -> None:
-        """Which run this worker's GPU is generating for (a Variable): how ``cancel
-        --current`` tells it from runs that wait at the gate with their render task RUNNING."""
-        name = gpu_variable_name(self.name)
-        value = {"worker": self.name, "flow_run_id": str(flow_run_id), "since": time.time()}
-        try:
-            try:
-                await self.client.update_variable(VariableUpdate(name=name, value=value))
-            except httpx.HTTPStatusError as e:
-                if e.response.status_code != 404:
-                    raise
-                await self.client.create_variable(VariableCreate(name=name, value=value))
-        except Exception as exc:  # visibility only: never disturb the job for it
-            self._logger.debug("could not publish the GPU holder: %r", exc)
-
-    async def _publish_hold(self, reason: str | None) -> None:
-        """Make the hold visible to ``stablenew queue`` and the Prefect UI (a Variable)."""
-        name = hold_variable_name(self.name)
-        try:
-            if reason is None:
-                await self.client.delete_variable_by_name(name)
-                return
-            value = {"worker": self.name, "reason": reason, "since": time.time()}
-            if await self.client.read_variable_by_name(name) is None:
-                await self.client.create_variable(VariableCreate(name=name, value=value))
-            else:
-                await self.client.update_variable(VariableUpdate(name=name, value=value))
-        except ObjectNotFound:
-            pass
-        except Exception as exc:  # visibility only: never stop polling for it
-            self._logger.debug("could not publish hold state: %r", exc)
+            asyncio.run_coroutine_threadsafe(
+                publish_gpu_holder(self.client, self.name, flow_run_id, self._logger), self._loop
+            )
 
     # -- running --------------------------------------------------------------------------
 
@@ -422,18 +388,6 @@ def rank_of(run: FlowRun) -> Rank:
     """Order in which the GPU serves claimed runs: queue priority, then expected start."""
     when = run.expected_start_time or run.created or datetime.now(UTC)
     return (QUEUE_PRIORITY.get(run.work_queue_name or "", 99), when)
-
-
-def hold_variable_name(worker_name: str) -> str:
-    return HOLD_PREFIX + _variable_suffix(worker_name)
-
-
-def gpu_variable_name(worker_name: str) -> str:
-    return GPU_HOLDER_PREFIX + _variable_suffix(worker_name)
-
-
-def _variable_suffix(worker_name: str) -> str:
-    return re.sub(r"[^a-z0-9_]+", "_", worker_name.lower())[:200]
 
 
 def _run_flow_blocking(flow: Flow[..., Any], flow_run: FlowRun) -> State[Any]:
