@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -19,7 +18,6 @@ from stablenew.orchestration.render import (
     artifact_rows,
     gpu_turn,
     is_transient_failure,
-    release_gpu,
     render_images,
     wait_for_webui,
     write_outputs,
@@ -46,8 +44,8 @@ def render_stages(record: NormalizedJobRecord) -> list[Any]:
     raw_id = flow_run.get_id()
     run_id = UUID(raw_id) if raw_id else None
     cancel = cancellation.event_for(raw_id)
-    with gpu_turn(run_id, cancel):
-        return render_images(record, cancel, on_webui_done=partial(release_gpu, run_id))
+    with gpu_turn(run_id, cancel) as release:
+        return render_images(record, cancel, on_webui_done=release)
 
 
 @flow(name="render-job", persist_result=False, log_prints=False)

@@ -51,29 +51,21 @@ _UNANNOUNCED: Rank = (99, datetime.max.replace(tzinfo=UTC))
 
 
 @contextmanager
-def gpu_turn(run_id: UUID | None, cancel_event: threading.Event) -> Iterator[None]:
+def gpu_turn(run_id: UUID | None, cancel_event: threading.Event) -> Iterator[Callable[[], None]]:
     """Hold this worker's GPU gate for the block (a no-op under the stock process worker).
 
-    The flow takes it around the render task, so a run whose render task is RUNNING is the
-    one generating: that is how ``cancel --current`` tells it from runs waiting their turn.
+    Yields ``release``: the block calls it once the WebUI has answered for the last time,
+    so the next job can start generating while this one's result is still being recorded.
     """
     gate = gpu_gate.installed()
     if gate is None or run_id is None:
-        yield
+        yield lambda: None
         return
     try:
         with gate.hold(run_id, _UNANNOUNCED, cancel_event):
-            yield
+            yield lambda: gate.release(run_id)
     except GateCancelled as e:
         raise WebUIInterrupted(str(e), url=webui_client().base_url) from e
-
-
-def release_gpu(run_id: UUID | None) -> None:
-    """This run has had its last WebUI answer: the next job may start generating now, while
-    Prefect records this one's task result (part of the gap between jobs otherwise)."""
-    gate = gpu_gate.installed()
-    if gate is not None and run_id is not None:
-        gate.release(run_id)
 
 
 def render_images(
