@@ -18,6 +18,7 @@ from stablenew.orchestration._prefect import prefect_client
 from stablenew.orchestration.exporter import SyncStats, sync
 from stablenew.orchestration.history_service import JobHistoryService
 from stablenew.orchestration.jobs import JobService
+from stablenew.records import NormalizedJobRecord
 from tests.orchestration.conftest import LiveStack, make_record, wait_for
 
 pytestmark = pytest.mark.slow
@@ -29,6 +30,18 @@ def _sync(store: SqliteHistoryStore) -> SyncStats:
             return await sync(client, store)
 
     return asyncio.run(go())
+
+
+def _finished_job_and_history_db(
+    prompt: str, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> NormalizedJobRecord:
+    """Run one job to the end, and point STABLENEW_HISTORY_URL at ``db``."""
+    service = JobService()
+    rec = make_record(prompt)
+    service.submit([rec])
+    wait_for(lambda: service.status(rec.job_id).status.is_terminal, what="job to finish")
+    monkeypatch.setenv("STABLENEW_HISTORY_URL", f"sqlite:///{db}")
+    return rec
 
 
 def test_history_of_completed_failed_and_cancelled_jobs(live: LiveStack, tmp_path: Path) -> None:
@@ -91,11 +104,7 @@ def test_history_of_completed_failed_and_cancelled_jobs(live: LiveStack, tmp_pat
 def test_history_cli_reads_the_store(
     live: LiveStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = JobService()
-    rec = make_record("history via cli")
-    service.submit([rec])
-    wait_for(lambda: service.status(rec.job_id).status.is_terminal, what="job to finish")
-    monkeypatch.setenv("STABLENEW_HISTORY_URL", f"sqlite:///{tmp_path / 'h.db'}")
+    rec = _finished_job_and_history_db("history via cli", tmp_path / "h.db", monkeypatch)
     monkeypatch.setenv("PREFECT_API_URL", live.prefect_url)
     runner = CliRunner()
     synced = runner.invoke(app, ["history", "sync", "--json"])
@@ -118,11 +127,7 @@ def test_export_history_flow_syncs_and_publishes(
     from flows.export import export_history
     from stablenew.settings import get_settings
 
-    service = JobService()
-    rec = make_record("exported by the flow")
-    service.submit([rec])
-    wait_for(lambda: service.status(rec.job_id).status.is_terminal, what="job to finish")
-    monkeypatch.setenv("STABLENEW_HISTORY_URL", f"sqlite:///{tmp_path / 'flow.db'}")
+    rec = _finished_job_and_history_db("exported by the flow", tmp_path / "flow.db", monkeypatch)
     get_settings.cache_clear()
     result = asyncio.run(export_history(recent=5))
     assert result["jobs_added"] >= 1
