@@ -4,7 +4,8 @@
 
 The embedded stack starts its server this way. The arguments are Prefect's CLI, unchanged.
 The two fixes: cursors are closed when a statement fails (below), and a 503 for a locked
-database carries a short ``Retry-After`` (see :func:`retry_soon_when_locked`).
+database carries a short ``Retry-After`` (see :func:`retry_soon_when_locked`). The server
+also gets one route of ours, a faster bulk creation of flow runs (see ``bulk_route``).
 
 The first stall (measured on the bench before the fix: whole-server freezes of 60-120 s,
 several per few hundred jobs): SQLAlchemy 2.0's aiosqlite adapter leaves its cursor open when
@@ -129,9 +130,20 @@ def retry_soon_when_locked() -> None:
     api_server.custom_internal_exception_handler = handler
 
 
+def add_bulk_route() -> None:
+    """Serve :mod:`stablenew.orchestration.bulk_route` beside Prefect's own routes."""
+    from prefect.server.api import server as api_server
+
+    from stablenew.orchestration.bulk_route import router
+
+    # create_api_app() includes every router of this tuple when it builds the app.
+    api_server.API_ROUTERS = (*api_server.API_ROUTERS, router)  # type: ignore[assignment]
+
+
 def main(argv: list[str] | None = None) -> None:
     close_cursors_on_error()
     retry_soon_when_locked()
+    add_bulk_route()
     from prefect.cli import app
 
     sys.argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]

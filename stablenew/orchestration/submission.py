@@ -1,5 +1,9 @@
 """Bulk creation of flow runs for one submission: chunks through the server's bulk route,
-re-submission keys (``job_id~N``), and finding runs whose creation answer was lost."""
+re-submission keys (``job_id~N``), and finding runs whose creation answer was lost.
+
+The embedded server has a faster bulk route of ours (``bulk_route``, same body and answer);
+against any other Prefect server it answers 404 and Prefect's own route is used instead.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +33,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_RESUBMITS = 20
-BULK = 100  # the server's limit per bulk-create request
+BULK = 500  # runs per chunk (and per request where the server has our bulk route)
+PREFECT_BULK = 100  # Prefect's own route's limit per request
+FAST_ROUTE = "/stablenew/deployments/{id}/create_flow_run/bulk"
+PREFECT_ROUTE = "/deployments/{id}/create_flow_run/bulk"
 LOCKED_RETRIES = 10
 PAGE = 200  # the server refuses larger pages
 RESUBMITTABLE = {StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
@@ -79,6 +86,7 @@ class Batch:
         self.submission = submission
         self.base = base
         self.keys: dict[int, str] = {}
+        self.fast: bool | None = None  # whether the server has our route; None: not asked yet
         # Input index -> position in the queue (see stablenew.ordering).
         self.slot = {i: pos for pos, i in enumerate(order)}
 
@@ -102,19 +110,43 @@ class Batch:
         ).model_dump(mode="json", exclude_unset=True)
 
     async def _post(self, payloads: list[dict[str, Any]]) -> list[uuid.UUID]:
+        if self.fast is not False:
+            results = await self._post_to(FAST_ROUTE, payloads)
+            if results is not None:
+                self.fast = True
+                return results
+            self.fast = False
+        ids: list[uuid.UUID] = []
+        for start in range(0, len(payloads), PREFECT_BULK):
+            results = await self._post_to(PREFECT_ROUTE, payloads[start : start + PREFECT_BULK])
+            assert results is not None  # Prefect's own route is always there
+            ids.extend(results)
+        return ids
+
+    async def _post_to(self, route: str, payloads: list[dict[str, Any]]) -> list[uuid.UUID] | None:
+        """Create through ``route``; None if the server has no such route."""
+
         async def call() -> httpx.Response:
-            response = await self.client.request(
-                "POST",
-                "/deployments/{id}/create_flow_run/bulk",  # type: ignore[arg-type]
-                path_params={"id": self.deployment_id},
-                json=payloads,
-            )
-            response.raise_for_status()
+            try:
+                response = await self.client.request(
+                    "POST",
+                    route,  # type: ignore[arg-type]
+                    path_params={"id": self.deployment_id},
+                    json=payloads,
+                )
+                response.raise_for_status()
+            except httpx.HTTPStatusError as e:
+                if e.response.status_code == 404 and route == FAST_ROUTE and self.fast is None:
+                    return e.response
+                raise
             return response
 
         delay = 0.05
         for _ in range(LOCKED_RETRIES):
-            results = (await _with_retry(call)).json()["results"]
+            response = await _with_retry(call)
+            if response.status_code == 404:
+                return None
+            results = response.json()["results"]
             failed = [str(r.get("error")) for r in results if r.get("status") != "CREATED"]
             # On SQLite a concurrent writer makes the server's transaction fail with
             # "database is locked"; the chunk is idempotent (keys), so send it again.
@@ -127,10 +159,13 @@ class Batch:
         return [uuid.UUID(r["flow_run_id"]) for r in results]
 
     async def _read(self, ids: Sequence[uuid.UUID]) -> list[FlowRun]:
-        runs = await self.client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(ids))), limit=len(ids)
-        )
-        by_id = {r.id: r for r in runs}
+        by_id: dict[uuid.UUID, FlowRun] = {}
+        for start in range(0, len(ids), PAGE):
+            page = list(ids[start : start + PAGE])
+            runs = await self.client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page)), limit=len(page)
+            )
+            by_id.update((r.id, r) for r in runs)
         return [by_id[i] for i in ids]
 
     async def create_chunk(self, chunk: Sequence[tuple[int, NormalizedJobRecord]]) -> list[FlowRun]:

@@ -82,8 +82,9 @@ def live(live_stack: LiveStack) -> Iterator[LiveStack]:
         live_stack.sim("POST", "reset")
         yield live_stack
         service = JobService()
-        service.resume()
+        # Cancel first: a paused test's leftovers must not start once the pool resumes.
         service.cancel_pack("itest")
+        service.resume()
         live_stack.sim("POST", "reset")
 
 
