@@ -4,8 +4,9 @@
 
 Starts a throwaway Prefect server, applies the deployments (without schedules), pauses the
 GPU pool so nothing runs, and submits --jobs one-image jobs through JobService (validation,
-bulk creation 100 per request, read-back), --repeat times into the same database. Prints the
-time, jobs/s and the server's CPU seconds for each round, and checks every run was created.
+bulk creation through the embedded server's route, 500 per request, read-back), --repeat
+times into the same database. Prints the time, jobs/s and the server's CPU seconds for each
+round, and checks every run was created.
 `bench/overhead.py` measures submission too, with a worker and the exporter alive.
 """
 

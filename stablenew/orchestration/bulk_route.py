@@ -22,6 +22,7 @@ This module runs inside the server process only (see ``prefect_server``).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 from uuid import UUID
@@ -43,7 +44,8 @@ from prefect.types._datetime import now
 from prefect.utilities.schema_tools.hydration import HydrationContext, HydrationError, hydrate
 from prefect.utilities.schema_tools.validation import ValidationError, validate
 
-ROUTE = "/stablenew/deployments/{id}/create_flow_run/bulk"
+logger = logging.getLogger(__name__)
+
 LIMIT = 1000  # runs per request: one transaction holds SQLite's write lock for its duration
 
 router = PrefectRouter(prefix="/stablenew", tags=["StableNew"])
@@ -82,7 +84,12 @@ async def bulk_create_flow_runs(
             return FlowRunBulkCreateResponse(results=[])
         creation = _Creation(db, session, deployment, created_by, worker_lookups)
         results, created = await creation.run(flow_runs)
-    await _emit_scheduled_events(db, created)
+    try:
+        await _emit_scheduled_events(db, created)
+    except Exception:
+        # The runs are committed; failing the request now would only make the client
+        # send it again for runs that already exist.
+        logger.exception("could not emit the Scheduled events of %d new flow runs", len(created))
     return FlowRunBulkCreateResponse(results=results)
 
 

@@ -155,12 +155,12 @@ class JobService:
     ) -> list[FlowRun]:
         """:meth:`asubmit`, returning the created flow runs (input order).
 
-        Runs are created through the server's bulk route, ``BULK`` per request in one
-        transaction each. With ``group_models`` jobs that share a checkpoint are queued
-        together (first-seen model first, input order inside each; see
-        :func:`stablenew.ordering.group_by_model`), otherwise in input order. Each gets a
-        scheduled time one microsecond after the previous, so FIFO inside a queue follows
-        that order exactly.
+        Runs are created ``BULK`` per request in one transaction each, through the embedded
+        server's own bulk route (Prefect's, 100 per request, on any other server). With
+        ``group_models`` jobs that share a checkpoint are queued together (first-seen model
+        first, input order inside each; see :func:`stablenew.ordering.group_by_model`),
+        otherwise in input order. Each gets a scheduled time one microsecond after the
+        previous, so FIFO inside a queue follows that order exactly.
         """
         prio = check_priority(priority)
         valid = self._validate(records)
@@ -327,11 +327,15 @@ class JobService:
 
     async def _cancel_run(self, client: PrefectClient, run: FlowRun) -> JobRef:
         state = run.state.type if run.state else None
-        if state == StateType.RUNNING:
-            # The worker sees CANCELLING, interrupts the WebUI and ends the run CANCELLED.
+        if state in _ACTIVE:
+            # Always CANCELLING, never a forced CANCELLED: ``run`` may be stale, and the
+            # server decides on the run as it is now. Still SCHEDULED, it goes straight to
+            # CANCELLED (Prefect's rule for runs without infrastructure), so no worker can
+            # claim it; claimed or running, the worker sees CANCELLING, interrupts the WebUI
+            # if the run holds the GPU, and ends it CANCELLED. A forced CANCELLED could land
+            # on a run a worker had just started, which would then render anyway.
             await client.set_flow_run_state(run.id, Cancelling(message="cancel requested"))
-        elif state in _QUEUED or state is None:
-            # Never started: straight to CANCELLED so no worker picks it up.
+        elif state is None:
             await client.set_flow_run_state(
                 run.id, Cancelled(message="cancelled while queued"), force=True
             )

@@ -317,6 +317,12 @@ class StableNewWorker(
         finally:
             self._in_flight.pop(flow_run.id, None)
             cancellation.unregister(flow_run.id)
+        if state is not None and state.is_cancelling():
+            # Cancelled between the claim and the start: the server refused the engine's
+            # RUNNING, so nothing ran and nothing else will end the run.
+            await self.client.set_flow_run_state(
+                flow_run.id, Cancelled(message="cancelled before it started"), force=True
+            )
         # The engine set the final state itself (failed and cancelled included); non-zero
         # would make BaseWorker propose CRASHED on top of it.
         return StableNewWorkerResult(

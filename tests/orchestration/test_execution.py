@@ -7,6 +7,7 @@ requests, one job at a time per worker, and the files a job writes.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -14,9 +15,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from prefect.client.schemas.objects import FlowRun
+from prefect.states import Cancelled, Pending, Running
 
 from stablenew.errors import SubmissionError
 from stablenew.lifecycle import JobStatus
+from stablenew.orchestration._prefect import prefect_client
 from stablenew.orchestration.jobs import JobService
 from tests.orchestration.conftest import LiveStack, make_record, wait_for
 
@@ -76,6 +80,45 @@ def test_cancel_queued_job_never_starts(live: LiveStack) -> None:
     _wait_terminal(service, [keep.job_id])
     assert service.status(drop.job_id).status == JobStatus.CANCELLED
     assert "dropped" not in _started_prompts(live)
+
+
+def test_cancel_from_a_stale_listing_does_not_end_a_started_run_behind_its_worker(
+    live: LiveStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cancel_pack lists the pack's runs, then cancels them one by one; a run listed as
+    # queued may be started by a worker in between. It must then get CANCELLING (which the
+    # worker acts on: interrupt, end CANCELLED), not a CANCELLED the worker never hears of
+    # while it renders the job anyway.
+    service = JobService()
+    service.pause()
+    rec = make_record("started meanwhile")
+    service.submit([rec])
+
+    async def listing_then_start(*args: object, **kwargs: object) -> list[FlowRun]:
+        listed = await original(*args, **kwargs)
+        async with prefect_client() as client:
+            for run in listed:  # what a worker does while the listing is in hand
+                await client.set_flow_run_state(run.id, Pending())
+                await client.set_flow_run_state(run.id, Running())
+        return listed
+
+    original = service._pool_runs
+    monkeypatch.setattr(service, "_pool_runs", listing_then_start)
+    (ref,) = service.cancel_pack("itest")
+    assert ref.status == JobStatus.CANCELLING
+    monkeypatch.setattr(service, "_pool_runs", original)
+    still_queued = make_record("still queued")
+    service.submit([still_queued])
+    (ref,) = service.cancel_pack("itest")
+    assert ref.job_id == still_queued.job_id
+    assert ref.status == JobStatus.CANCELLED  # never claimed: straight to CANCELLED
+    # No worker runs the first one (we played the worker): end it as the worker would.
+    asyncio.run(_force_cancelled(service.status(rec.job_id).flow_run_id))
+
+
+async def _force_cancelled(flow_run_id: str) -> None:
+    async with prefect_client() as client:
+        await client.set_flow_run_state(flow_run_id, Cancelled(), force=True)
 
 
 def test_cancel_running_job_interrupts_the_webui(live: LiveStack) -> None:
