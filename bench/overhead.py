@@ -10,7 +10,8 @@ timestamps (it knows when each generation starts and ends):
 - makespan: first generation start to last generation end, and ratio = makespan / (N x S);
 - the GPU-side gap: median/p95 time between one generation's end and the next one's start;
 - end to end: from the submit call to every run terminal;
-- submission: time to accept a --submit-jobs pack (pool paused, so nothing runs), jobs/s.
+- submission: time to accept a --submit-jobs pack (pool paused, so nothing runs), jobs/s,
+  and how many 5xx answers the submitting client got (and retried).
 
 With --json the last line is one JSON object (makespan_s, ratio, median_gap_ms,
 submit_rate_jobs_per_s, ...).
@@ -152,7 +153,10 @@ async def priority_cancel_idle(
     long_job = (await service.asubmit_runs(records(1, "long", pack_id="long", batch_size=16)))[0]
 
     async def generating() -> bool | None:
-        return True if (await sim_stats())["busy"] else None
+        async with prefect_client() as client:
+            run = await client.read_flow_run(long_job.id)
+        running = run.state is not None and run.state.type.value == "RUNNING"
+        return True if running and (await sim_stats())["busy"] else None
 
     await poll(generating, 60, "the long job generating")
     t_cancel = time.perf_counter()
@@ -223,9 +227,10 @@ async def measure(args: argparse.Namespace, stack: Stack, pool: str) -> dict[str
         extra = await priority_cancel_idle(args, service, http, sim) if args.latencies else {}
 
         await service.aset_paused(True)
-        t1 = time.perf_counter()
-        await service.asubmit_runs(records(args.submit_jobs, "submission"), "low")
-        submit_seconds = time.perf_counter() - t1
+        with counting_5xx() as server_errors:
+            t1 = time.perf_counter()
+            await service.asubmit_runs(records(args.submit_jobs, "submission"), "low")
+            submit_seconds = time.perf_counter() - t1
 
     gaps = [b["start"] - a["end"] for a, b in itertools.pairwise(events)]
     makespan = events[-1]["end"] - events[0]["start"] if events else float("nan")
@@ -255,7 +260,28 @@ async def measure(args: argparse.Namespace, stack: Stack, pool: str) -> dict[str
         "submit_jobs": args.submit_jobs,
         "submit_s": round(submit_seconds, 3),
         "submit_rate_jobs_per_s": round(args.submit_jobs / submit_seconds, 1),
+        "submit_5xx_answers": len(server_errors),
     }
+
+
+@contextmanager
+def counting_5xx() -> Iterator[list[int]]:
+    """The 5xx answers this process's HTTP clients get (Prefect's client retries 503s
+    without a word, so the submission time alone would not show them)."""
+    seen: list[int] = []
+    original = httpx.AsyncClient.send
+
+    async def send(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> Any:
+        response = await original(self, request, **kwargs)
+        if response.status_code >= 500:
+            seen.append(response.status_code)
+        return response
+
+    httpx.AsyncClient.send = send  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        httpx.AsyncClient.send = original  # type: ignore[method-assign]
 
 
 @contextmanager

@@ -6,7 +6,7 @@ Starts a throwaway Prefect server, applies the deployments (without schedules), 
 GPU pool so nothing runs, and submits --jobs one-image jobs through JobService (validation,
 bulk creation through the embedded server's route, 500 per request, read-back), --repeat
 times into the same database. Prints the time, jobs/s and the server's CPU seconds for each
-round, and checks every run was created.
+round, the 5xx answers the client got (and retried), and checks every run was created.
 `bench/overhead.py` measures submission too, with a worker and the exporter alive.
 """
 
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from overhead import cpu_seconds, records
+from overhead import counting_5xx, cpu_seconds, records
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -39,9 +39,10 @@ async def rounds(args: argparse.Namespace, server_pid: int) -> list[dict[str, An
     out = []
     for n in range(args.repeat):
         batch = records(args.jobs, f"round {n}", pack_id=f"round-{n}")
-        cpu0, t0 = cpu_seconds(server_pid), time.perf_counter()
-        runs = await service.asubmit_runs(batch, "low")
-        seconds = time.perf_counter() - t0
+        with counting_5xx() as server_errors:
+            cpu0, t0 = cpu_seconds(server_pid), time.perf_counter()
+            runs = await service.asubmit_runs(batch, "low")
+            seconds = time.perf_counter() - t0
         async with prefect_client() as client:
             created = await client.count_flow_runs(
                 flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"pack:round-{n}"]))
@@ -55,6 +56,7 @@ async def rounds(args: argparse.Namespace, server_pid: int) -> list[dict[str, An
                 "seconds": round(seconds, 2),
                 "jobs_per_s": round(args.jobs / seconds, 1),
                 "server_cpu_s": round(cpu_seconds(server_pid) - cpu0, 2),
+                "server_5xx": len(server_errors),
             }
         )
         print("  ".join(f"{k}={v}" for k, v in out[-1].items()), flush=True)

@@ -76,7 +76,10 @@ async def bulk_create_flow_runs(
                 f"flow run #{i}: this route creates SCHEDULED runs only, "
                 f"not {request.state.type.value}",
             )
-    async with db.session_context(begin_transaction=True) as session:
+    # BEGIN IMMEDIATE: take SQLite's write lock first, waiting (busy timeout) for another
+    # writer such as the event persister, rather than failing at once with "database is
+    # locked" when a read transaction cannot be upgraded (a 503 the client must retry).
+    async with db.session_context(begin_transaction=True, with_for_update=True) as session:
         deployment = await _read_deployment(session=session, deployment_id=deployment_id)
         if not deployment:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "Deployment not found")
