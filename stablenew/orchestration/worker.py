@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 CANCEL_POLL_SECONDS = 0.5
 POOL_READ_SECONDS = 1.0
+FIRST_START_ALONE_SECONDS = 2.0  # bound on holding back the lookahead for an idle start
 CANCEL_GRACE_SECONDS = 15.0
 
 
@@ -140,6 +141,7 @@ class StableNewWorker(
         self._in_flight: dict[UUID, tuple[FlowRun, threading.Event]] = {}
         self._watching = False
         self._last_pool_read = 0.0
+        self._idle_claim_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._min_poll_seconds = min_poll_seconds
         self._last_poll = -min_poll_seconds
@@ -191,8 +193,15 @@ class StableNewWorker(
             gate.set_paused(pool.is_paused)
             if pool.is_paused:
                 return []
-        responses = await self._next_scheduled(limit=1 if full else self._cap + 2, queues=queues)
         in_flight = int(self.limiter.borrowed_tokens)
+        if in_flight == 0:
+            self._idle_claim_at = now
+        elif gate.holder is None and now - self._idle_claim_at < FIRST_START_ALONE_SECONDS:
+            # The first run after idle starts alone: five starting together took ~1 s to
+            # reach RUNNING here, one ~0.3 s. The lookahead fills once it holds the GPU.
+            return []
+        limit = 1 if full or in_flight == 0 else self._cap + 2
+        responses = await self._next_scheduled(limit=limit, queues=queues)
         staged = gate.staged()
         chosen: list[WorkerFlowRunResponse] = []
         for response in responses:

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 from typer.testing import CliRunner
 
 from stablenew.cli.app import app
@@ -129,7 +130,10 @@ def test_export_history_flow_syncs_and_publishes(
 
     rec = _finished_job_and_history_db("exported by the flow", tmp_path / "flow.db", monkeypatch)
     get_settings.cache_clear()
-    result = asyncio.run(export_history(recent=5))
+    # The flow runs in this process: without this its log records would still be on their
+    # way to the API when the session's server stops ("Error logging to API" at exit).
+    with temporary_settings(updates={PREFECT_LOGGING_TO_API_ENABLED: False}):
+        result = asyncio.run(export_history(recent=5))
     assert result["jobs_added"] >= 1
     with SqliteHistoryStore(tmp_path / "flow.db") as store:
         assert store.get_job(rec.job_id).status == JobStatus.COMPLETED
