@@ -6,7 +6,7 @@ warm, runs each flow run through Prefect's own engine in a thread, and still get
 heartbeats, pool creation and claim semantics from :class:`BaseWorker`.
 
 It also holds instead of draining the queue when its WebUI is not ready, and turns a
-CANCELLING run into a WebUI interrupt and a CANCELLED state.
+CANCELLING run into a WebUI interrupt and a CANCELLED state (see ``cancel_watch``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,13 +25,7 @@ import anyio
 import anyio.abc
 import httpx
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterId,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-)
-from prefect.client.schemas.objects import FlowRun, State, StateType, WorkPool
+from prefect.client.schemas.objects import FlowRun, State, WorkPool
 from prefect.client.schemas.responses import DeploymentResponse, WorkerFlowRunResponse
 from prefect.flow_engine import run_flow
 from prefect.flows import Flow, load_flow_from_flow_run
@@ -44,17 +37,16 @@ from prefect.workers.base import (
     BaseWorkerResult,
 )
 
-from stablenew.orchestration import cancellation, gpu_gate
+from stablenew.orchestration import gpu_gate
+from stablenew.orchestration.cancel_watch import CancelWatch, Interrupter
 from stablenew.orchestration.gpu_gate import GpuGate, Rank
 from stablenew.orchestration.pool import QUEUE_PRIORITY
 from stablenew.orchestration.worker_state import publish_gpu_holder, publish_hold
 
 logger = logging.getLogger(__name__)
 
-CANCEL_POLL_SECONDS = 0.5
 POOL_READ_SECONDS = 1.0
 FIRST_START_ALONE_SECONDS = 2.0  # bound on holding back the lookahead for an idle start
-CANCEL_GRACE_SECONDS = 15.0
 
 
 class StableNewJobConfiguration(BaseJobConfiguration):
@@ -99,8 +91,6 @@ class StableNewWorkerResult(BaseWorkerResult):
 ReadinessCheck = Callable[[], str | None]
 """Returns ``None`` when the WebUI is ready, else a human reason (run in a thread)."""
 
-Interrupter = Callable[[], None]
-
 
 class StableNewWorker(
     BaseWorker[StableNewJobConfiguration, StableNewVariables, StableNewWorkerResult]
@@ -138,8 +128,7 @@ class StableNewWorker(
         self._interrupter = interrupter
         self._flows: dict[UUID, Flow[..., Any]] = {}
         self._flows_lock = asyncio.Lock()
-        self._in_flight: dict[UUID, tuple[FlowRun, threading.Event]] = {}
-        self._watching = False
+        self._watch: CancelWatch | None = None
         self._last_pool_read = 0.0
         self._idle_claim_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -295,6 +284,18 @@ class StableNewWorker(
                 self._flows[key] = flow
             return flow
 
+    def _cancel_watch(self) -> CancelWatch | None:
+        if self._watch is None and self._runs_task_group is not None:
+            self._watch = CancelWatch(
+                self.client,
+                self._runs_task_group,
+                holds_gpu=lambda run_id: self.gate is None or self.gate.holder == run_id,
+                interrupter=self._interrupter,
+                run_logger=self.get_flow_run_logger,
+                logger=self._logger,
+            )
+        return self._watch
+
     async def run(
         self,
         flow_run: FlowRun,
@@ -311,9 +312,9 @@ class StableNewWorker(
         if task_status is not None:
             task_status.started(os.getpid())
 
-        cancel_event = cancellation.register(flow_run.id)
-        self._in_flight[flow_run.id] = (flow_run, cancel_event)
-        self._ensure_cancel_watch()
+        watch = self._cancel_watch()
+        if watch is not None:
+            watch.track(flow_run)
         state: State[Any] | None = None
         try:
             state = await anyio.to_thread.run_sync(
@@ -324,8 +325,8 @@ class StableNewWorker(
                 flow_run, f"worker caught {type(exc).__name__}: {exc}"
             )
         finally:
-            self._in_flight.pop(flow_run.id, None)
-            cancellation.unregister(flow_run.id)
+            if watch is not None:
+                watch.untrack(flow_run.id)
         if state is not None and state.is_cancelling():
             # Cancelled between the claim and the start: the server refused the engine's
             # RUNNING, so nothing ran and nothing else will end the run.
@@ -336,66 +337,6 @@ class StableNewWorker(
         # would make BaseWorker propose CRASHED on top of it.
         return StableNewWorkerResult(
             identifier=str(flow_run.id), status_code=0 if state is not None else 1
-        )
-
-    # -- cancellation -----------------------------------------------------------------------
-
-    def _ensure_cancel_watch(self) -> None:
-        if not self._watching and self._runs_task_group is not None:
-            self._watching = True
-            self._runs_task_group.start_soon(self._watch_cancellations)
-
-    async def _watch_cancellations(self) -> None:
-        """One state read per tick for all runs in flight (not one per run): on CANCELLING,
-        signal the flow, interrupt the WebUI if that run holds the GPU, and make sure the
-        run ends CANCELLED."""
-        handled: set[UUID] = set()
-        while True:
-            await anyio.sleep(CANCEL_POLL_SECONDS)
-            ids = [i for i in self._in_flight if i not in handled]
-            handled &= set(self._in_flight)
-            if not ids:
-                continue
-            try:
-                runs = await self.client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(
-                        id=FlowRunFilterId(any_=ids),
-                        state=FlowRunFilterState(
-                            type=FlowRunFilterStateType(any_=[StateType.CANCELLING])
-                        ),
-                    )
-                )
-            except Exception as exc:  # transient API trouble: try again next tick
-                self._logger.debug("cancel watch failed: %r", exc)
-                continue
-            for run in runs:
-                entry = self._in_flight.get(run.id)
-                if entry is not None:
-                    handled.add(run.id)
-                    await self._cancel_in_flight(*entry)
-
-    async def _cancel_in_flight(self, flow_run: FlowRun, cancel_event: threading.Event) -> None:
-        self.get_flow_run_logger(flow_run).info("Cancel requested: stopping the job")
-        cancel_event.set()
-        # Only the run holding the GPU is generating; interrupting for a staged one would
-        # stop somebody else's image.
-        holds_gpu = self.gate is None or self.gate.holder == flow_run.id
-        if self._interrupter is not None and holds_gpu:
-            try:
-                await anyio.to_thread.run_sync(self._interrupter)
-            except Exception as exc:
-                self._logger.warning("WebUI interrupt failed: %s", exc)
-        if self._runs_task_group is not None:
-            self._runs_task_group.start_soon(self._enforce_cancelled, flow_run.id)
-
-    async def _enforce_cancelled(self, flow_run_id: UUID) -> None:
-        """The flow should end itself CANCELLED; if it has not after a grace period, do it."""
-        with anyio.move_on_after(CANCEL_GRACE_SECONDS):
-            while flow_run_id in self._in_flight:
-                await anyio.sleep(0.1)
-            return
-        await self.client.set_flow_run_state(
-            flow_run_id, Cancelled(message="cancelled by the worker"), force=True
         )
 
 
