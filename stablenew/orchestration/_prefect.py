@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.settings import PREFECT_API_URL
 
 from stablenew.errors import PrefectUnavailable
+
+PAGE = 200  # the server refuses larger pages
 
 
 def api_url() -> str:
@@ -34,3 +44,35 @@ async def check_reachable(client: PrefectClient) -> None:
         raise PrefectUnavailable(api_url(), str(e)) from e
     if failure is not None:
         raise PrefectUnavailable(api_url(), f"{type(failure).__name__}: {failure}")
+
+
+async def read_runs_by_id(
+    client: PrefectClient,
+    ids: Sequence[UUID | str],
+    *,
+    left_scheduled: bool = False,
+    ids_per_query: int = PAGE,
+) -> list[FlowRun]:
+    """The runs among ``ids`` (with ``left_scheduled``, only those no longer SCHEDULED: a
+    waiting run costs nothing to re-check, though each run read carries its whole record),
+    ``ids_per_query`` ids per filter, answers paged. Order is the server's."""
+    out: list[FlowRun] = []
+    wanted = [i if isinstance(i, UUID) else UUID(i) for i in ids]
+    for start in range(0, len(wanted), ids_per_query):
+        flow_run_filter = FlowRunFilter(
+            id=FlowRunFilterId(any_=wanted[start : start + ids_per_query])
+        )
+        if left_scheduled:
+            flow_run_filter.state = FlowRunFilterState(
+                type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED])
+            )
+        offset = 0
+        while True:
+            page = await client.read_flow_runs(
+                flow_run_filter=flow_run_filter, limit=PAGE, offset=offset
+            )
+            out.extend(page)
+            if len(page) < PAGE:
+                break
+            offset += PAGE
+    return out

@@ -16,7 +16,6 @@ failure is logged and left for the next sync: it never touches a job.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,18 +27,15 @@ from prefect.client.schemas.filters import (
     DeploymentFilterName,
     FlowRunFilter,
     FlowRunFilterExpectedStartTime,
-    FlowRunFilterId,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
 
 from stablenew.errors import HistoryError
 from stablenew.history import SqliteHistoryStore, StatusEvent, Submission, WriteStats
 from stablenew.lifecycle import JobStatus, status_from_prefect
+from stablenew.orchestration._prefect import PAGE, read_runs_by_id
 from stablenew.orchestration.deployments import RENDER_DEPLOYMENT
-from stablenew.orchestration.submission import PAGE
 from stablenew.outputs import job_dir
 from stablenew.records import NormalizedJobRecord
 
@@ -135,27 +131,6 @@ async def _new_runs(client: PrefectClient, since: datetime | None) -> list[FlowR
             return runs
 
 
-async def _progressed(client: PrefectClient, ids: Iterable[str]) -> list[FlowRun]:
-    """Of these runs, the ones no longer SCHEDULED: a backlog that is still waiting costs
-    nothing to re-check (each run read carries its whole record)."""
-    wanted = [UUID(i) for i in ids]
-    runs: list[FlowRun] = []
-    for start in range(0, len(wanted), PAGE):
-        chunk = wanted[start : start + PAGE]
-        runs.extend(
-            await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    id=FlowRunFilterId(any_=chunk),
-                    state=FlowRunFilterState(
-                        type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED])
-                    ),
-                ),
-                limit=PAGE,
-            )
-        )
-    return runs
-
-
 def _open_flow_run_ids(store: SqliteHistoryStore) -> list[str]:
     active: list[JobStatus | str] = [
         JobStatus.SUBMITTED,
@@ -182,7 +157,7 @@ async def sync(
     since = datetime.fromisoformat(mark) - OVERLAP if mark else None
     runs = {r.id: r for r in await _new_runs(client, since)}
     open_ids = [i for i in _open_flow_run_ids(store) if UUID(i) not in runs]
-    for run in await _progressed(client, open_ids):
+    for run in await read_runs_by_id(client, open_ids, left_scheduled=True):
         runs[run.id] = run
     stats.runs_read = len(runs)
 

@@ -40,7 +40,7 @@ from pydantic import BaseModel, Field
 
 from stablenew.errors import JobNotFound, OrchestrationError, SubmissionError
 from stablenew.lifecycle import JobStatus, status_from_prefect
-from stablenew.orchestration._prefect import check_reachable, prefect_client
+from stablenew.orchestration._prefect import PAGE, check_reachable, prefect_client
 from stablenew.orchestration.deployments import RENDER_DEPLOYMENT, RENDER_FLOW_NAME, RENDER_TASK
 from stablenew.orchestration.pool import (
     DEFAULT_PRIORITY,
@@ -49,7 +49,7 @@ from stablenew.orchestration.pool import (
     WORKER_TYPE,
     check_priority,
 )
-from stablenew.orchestration.submission import BULK, MAX_RESUBMITS, PAGE, Batch
+from stablenew.orchestration.submission import BULK, MAX_RESUBMITS, Batch
 from stablenew.orchestration.worker_state import read_gpu_holders, read_holds
 from stablenew.ordering import group_by_model
 from stablenew.records import NormalizedJobRecord

@@ -6,19 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from uuid import UUID
 
-from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterId,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-)
-from prefect.client.schemas.objects import FlowRun, StateType
-
 from stablenew.lifecycle import JobStatus
-from stablenew.orchestration._prefect import prefect_client
+from stablenew.orchestration._prefect import prefect_client, read_runs_by_id
 from stablenew.orchestration.jobs import JobRef, job_ref
-from stablenew.orchestration.submission import PAGE
 
 # Ids per "has anything left SCHEDULED?" query. The answer is small (what changed since the
 # last tick), so a wide id list is cheap; it is paged in case many changed at once.
@@ -40,7 +30,7 @@ async def follow(
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     async with prefect_client() as client:
-        for run in await _read(client, [str(i) for i in flow_run_ids]):
+        for run in await read_runs_by_id(client, flow_run_ids):
             latest[str(run.id)] = job_ref(run)
         while True:
             open_refs = [ref for ref in latest.values() if not ref.status.is_terminal]
@@ -52,33 +42,9 @@ async def follow(
             await asyncio.sleep(interval)
             waiting = [r.flow_run_id for r in open_refs if r.status is JobStatus.QUEUED]
             active = [r.flow_run_id for r in open_refs if r.status is not JobStatus.QUEUED]
-            changed = await _read(client, active)
-            changed += await _read(client, waiting, left_scheduled=True)
+            changed = await read_runs_by_id(client, active)
+            changed += await read_runs_by_id(
+                client, waiting, left_scheduled=True, ids_per_query=_WAITING_CHUNK
+            )
             for run in changed:
                 latest[str(run.id)] = job_ref(run)
-
-
-async def _read(
-    client: PrefectClient, ids: list[str], *, left_scheduled: bool = False
-) -> list[FlowRun]:
-    """Runs among ``ids`` (optionally only those no longer SCHEDULED), paged."""
-    out: list[FlowRun] = []
-    chunk_size = _WAITING_CHUNK if left_scheduled else PAGE
-    for i in range(0, len(ids), chunk_size):
-        flow_run_filter = FlowRunFilter(
-            id=FlowRunFilterId(any_=[UUID(x) for x in ids[i : i + chunk_size]])
-        )
-        if left_scheduled:
-            flow_run_filter.state = FlowRunFilterState(
-                type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED])
-            )
-        offset = 0
-        while True:
-            page = await client.read_flow_runs(
-                flow_run_filter=flow_run_filter, limit=PAGE, offset=offset
-            )
-            out.extend(page)
-            if len(page) < PAGE:
-                break
-            offset += PAGE
-    return out

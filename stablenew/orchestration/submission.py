@@ -19,13 +19,13 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import DeploymentFlowRunCreate
 from prefect.client.schemas.filters import (
     FlowRunFilter,
-    FlowRunFilterId,
     FlowRunFilterIdempotencyKey,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.states import Scheduled, to_state_create
 
 from stablenew.errors import SubmissionError
+from stablenew.orchestration._prefect import PAGE, read_runs_by_id
 from stablenew.records import NormalizedJobRecord
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,6 @@ PREFECT_BULK = 100  # Prefect's own route's limit per request
 FAST_ROUTE = "/stablenew/deployments/{id}/create_flow_run/bulk"
 PREFECT_ROUTE = "/deployments/{id}/create_flow_run/bulk"
 LOCKED_RETRIES = 10
-PAGE = 200  # the server refuses larger pages
 RESUBMITTABLE = {StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
 
@@ -159,13 +158,7 @@ class Batch:
         return [uuid.UUID(r["flow_run_id"]) for r in results]
 
     async def _read(self, ids: Sequence[uuid.UUID]) -> list[FlowRun]:
-        by_id: dict[uuid.UUID, FlowRun] = {}
-        for start in range(0, len(ids), PAGE):
-            page = list(ids[start : start + PAGE])
-            runs = await self.client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page)), limit=len(page)
-            )
-            by_id.update((r.id, r) for r in runs)
+        by_id = {r.id: r for r in await read_runs_by_id(self.client, ids)}
         return [by_id[i] for i in ids]
 
     async def create_chunk(self, chunk: Sequence[tuple[int, NormalizedJobRecord]]) -> list[FlowRun]:
