@@ -88,7 +88,7 @@ async def bulk_create_flow_runs(
         creation = _Creation(db, session, deployment, created_by, worker_lookups)
         results, created = await creation.run(flow_runs)
     try:
-        await _emit_scheduled_events(db, created)
+        await _emit_scheduled_events(db, deployment, created)
     except Exception:
         # The runs are committed; failing the request now would only make the client
         # send it again for runs that already exist.
@@ -112,7 +112,7 @@ class _Creation:
         self.deployment = deployment
         self.created_by = created_by
         self.worker_lookups = worker_lookups
-        self.queue_ids: dict[str | None, UUID] = {}
+        self.queue_ids: dict[str, UUID] = {}
         self.checked_job_variables: dict[str, str | None] = {}
 
     async def run(
@@ -309,7 +309,7 @@ class _Refused(Exception):
 
 
 async def _emit_scheduled_events(
-    db: PrefectDBInterface, runs: Sequence[schemas.core.FlowRun]
+    db: PrefectDBInterface, deployment: Any, runs: Sequence[schemas.core.FlowRun]
 ) -> None:
     """The ``prefect.flow-run.Scheduled`` event of each new run, as Prefect's orchestration
     emits it; the related resources are read once per request instead of once per run."""
@@ -317,13 +317,8 @@ async def _emit_scheduled_events(
         return
     events: list[Event] = []
     async with db.session_context() as session:
-        first = runs[0]
-        flow = await _read_flow(session=session, flow_id=first.flow_id)
-        deployment = (
-            await _read_deployment(session, deployment_id=first.deployment_id)
-            if first.deployment_id
-            else None
-        )
+        # ``deployment`` was read by the request (Prefect's sessions keep loaded attributes).
+        flow = await _read_flow(session=session, flow_id=deployment.flow_id)
         queues: dict[UUID, Any] = {}
         for run in runs:
             if run.work_queue_id and run.work_queue_id not in queues:
