@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from stablenew.builder import build_jobs, count_jobs, validate_pack
 from stablenew.errors import (
+    AmbiguousJobId,
     ConfigError,
+    DuplicateJob,
     HistoryError,
     JobNotFound,
     OrchestrationError,
@@ -58,7 +60,9 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmbiguousJobId",
     "ConfigError",
+    "DuplicateJob",
     "Explanation",
     "HistoryError",
     "JobHistoryService",

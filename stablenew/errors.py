@@ -16,7 +16,9 @@
     ├── OrchestrationError                  Prefect-side problems
     │   ├── PrefectUnavailable              no Prefect API at the URL tried
     │   └── SubmissionError                 a submit call failed; says what was rolled back
+    │       └── DuplicateJob (ValueError)   an identical job is already queued, running or done
     ├── JobNotFound (LookupError)           no job with that id
+    │   └── AmbiguousJobId                  a job id prefix that more than one job starts with
     └── HistoryError                        the history store failed (never fails a job)
 
 Library exceptions are translated once per boundary (``raise ... from e``), so callers only
@@ -156,10 +158,41 @@ class SubmissionError(OrchestrationError):
         super().__init__(message + suffix)
 
 
+class DuplicateJob(SubmissionError, ValueError):
+    """An identical job (same record, so same id) already has a run that is queued, running
+    or completed; submitting it again takes an explicit request. Bad input, not a failure."""
+
+    def __init__(
+        self, job_id: str, existing: str, *, rolled_back: Sequence[str] = (), prefix: str = ""
+    ) -> None:
+        self.job_id = job_id
+        self.existing = existing
+        super().__init__(
+            f"{prefix}job {job_id} is already submitted ({existing}); to run it again use "
+            "`--allow-duplicates` (CLI) or `allow_duplicates=True` (SDK)",
+            rolled_back=rolled_back,
+        )
+
+
 class JobNotFound(StableNewError, LookupError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"no job with id {job_id!r}")
+
+
+class AmbiguousJobId(JobNotFound):
+    """A job id prefix that more than one job starts with: bad input, like an unknown id.
+
+    ``candidates`` holds the first few matching ids in id order; ``more`` says whether there
+    are others beyond them.
+    """
+
+    def __init__(self, prefix: str, candidates: Sequence[str], *, more: bool = False) -> None:
+        super().__init__(prefix)
+        self.candidates = tuple(candidates)
+        self.more = more
+        listed = ", ".join(self.candidates) + (", ..." if more else "")
+        self.args = (f"job id prefix {prefix!r} matches more than one job: {listed}",)
 
 
 class HistoryError(StableNewError):

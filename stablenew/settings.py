@@ -1,8 +1,10 @@
 """Settings: environment (``STABLENEW_*``, nested with ``__``) over an optional YAML file.
 
 Precedence, highest first: init arguments > environment > settings file > defaults. The file is
-``STABLENEW_SETTINGS_FILE`` if set, else ``configs/settings.yaml`` when it exists in the working
-directory. Nothing is read at import time; call :func:`get_settings`.
+``STABLENEW_SETTINGS_FILE`` if set, else ``settings.yaml`` in the user's config dir (e.g.
+``~/.config/stablenew/settings.yaml``) when it exists. Nothing depends on the working directory:
+the data dir is the user's (``~/.local/share/stablenew`` on Linux) unless ``STABLENEW_HOME``
+says otherwise. Nothing is read at import time; call :func:`get_settings`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,7 +25,16 @@ from pydantic_settings import (
 
 from stablenew.errors import ConfigError
 
-DEFAULT_SETTINGS_FILE = Path("configs/settings.yaml")
+APP_NAME = "stablenew"
+
+
+def default_home() -> Path:
+    """The platform's per-user data dir for StableNew."""
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def default_settings_file() -> Path:
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / "settings.yaml"
 
 
 class WebUISettings(BaseModel):
@@ -59,8 +71,9 @@ class Settings(BaseSettings):
     )
 
     home: Path = Field(
-        default=Path(".stablenew"),
-        description="Data directory: embedded Prefect database, history, logs.",
+        default_factory=default_home,
+        description="Data directory: embedded Prefect database, history, logs, outputs. "
+        "Defaults to the platform's user data dir (~/.local/share/stablenew on Linux).",
     )
     output_root: Path | None = Field(
         default=None, description="Where images are written; defaults to <home>/outputs."
@@ -76,6 +89,13 @@ class Settings(BaseSettings):
         description="Generation defaults applied under every pack's `defaults` "
         "(same keys as a pack's `defaults`).",
     )
+
+    @field_validator("home", "output_root")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Relative paths are anchored once, here: a path that followed the working directory
+        # would split one user's data over every folder they happen to run from.
+        return None if value is None else value.expanduser().resolve()
 
     @property
     def resolved_output_root(self) -> Path:
@@ -103,7 +123,7 @@ class _YamlFileSource(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         super().__init__(settings_cls)
         explicit = os.environ.get("STABLENEW_SETTINGS_FILE")
-        self.path = Path(explicit) if explicit else DEFAULT_SETTINGS_FILE
+        self.path = Path(explicit) if explicit else default_settings_file()
         self.required = explicit is not None
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:

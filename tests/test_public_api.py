@@ -8,7 +8,9 @@ import sys
 import stablenew
 
 EXPECTED = [
+    "AmbiguousJobId",
     "ConfigError",
+    "DuplicateJob",
     "Explanation",
     "HistoryError",
     "JobHistoryService",

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from stablenew.errors import (
     ConfigError,
+    DuplicateJob,
     JobNotFound,
     OrchestrationError,
     PackError,
@@ -29,6 +30,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran but jobs failed, or an unexpected error
 EXIT_BAD_INPUT = 2  # invalid pack, settings, arguments, unknown job
 EXIT_UNAVAILABLE = 3  # Prefect server or WebUI not reachable
+EXIT_INTERRUPTED = 130  # Ctrl-C, after saying and doing what happens to the queued jobs
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -50,7 +52,7 @@ def print_json(data: Any) -> None:
 
 
 def _code_for(error: StableNewError) -> int:
-    if isinstance(error, PackError | ConfigError | JobNotFound):
+    if isinstance(error, PackError | ConfigError | JobNotFound | DuplicateJob):
         return EXIT_BAD_INPUT
     if isinstance(error, PrefectUnavailable):
         return EXIT_UNAVAILABLE

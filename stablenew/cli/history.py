@@ -7,15 +7,19 @@ import re
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from stablenew.cli._output import EXIT_BAD_INPUT, console, fail, guarded, print_json
 from stablenew.cli.jobs import with_prefect
 from stablenew.history import SqliteHistoryStore, open_store
 from stablenew.settings import get_settings
+
+if TYPE_CHECKING:
+    from stablenew.orchestration.history_service import JobView
 
 history_app = typer.Typer(help="The job history: list, show, export, sync, prune.")
 
@@ -102,20 +106,40 @@ def ls(
     if json_out:
         print_json({"total": total, "jobs": [v.model_dump(mode="json") for v in views]})
         return
-    table = Table(title=f"{len(views)} of {total} job(s)")
-    for column in ("created", "status", "job", "model", "size", "seconds", "job id"):
-        table.add_column(column)
+    console.print(_jobs_table(views, title=f"{len(views)} of {total} job(s)"))
+
+
+# Columns shown only from this terminal width up: the job name repeats the id without its
+# hash, the size is in ``history show``; below it they would squeeze the rest into slivers.
+_SHOWN_FROM = {"job": 120, "size": 100}
+
+
+def _jobs_table(views: list[JobView], *, title: str) -> Table:
+    """Full job ids, never cut (they are what ``explain`` and ``cancel`` take); the other
+    columns fold or give way to fit the terminal."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    id_width = max((len(v.job_id) for v in views), default=0)
+    shown = {name for name, width in _SHOWN_FROM.items() if console.width >= width}
+    table.add_column("job id", no_wrap=True, min_width=id_width, overflow="fold")
+    table.add_column("status", no_wrap=True, min_width=10)
+    table.add_column("created", overflow="fold", min_width=10)  # folds to date / time
+    if "job" in shown:
+        table.add_column("job", overflow="fold")
+    table.add_column("model", overflow="fold")
+    if "size" in shown:
+        table.add_column("size", no_wrap=True)
+    table.add_column("seconds", no_wrap=True, justify="right")
     for v in views:
         table.add_row(
-            v.created_at.strftime("%Y-%m-%d %H:%M:%S") if v.created_at else "",
-            v.status.value,
-            v.name,
-            v.model or "",
-            v.size or "",
-            f"{v.duration_s:.2f}" if v.duration_s is not None else "",
             v.job_id,
+            v.status.value,
+            v.created_at.strftime("%Y-%m-%d %H:%M:%S") if v.created_at else "",
+            *([v.name] if "job" in shown else []),
+            v.model or "",
+            *([v.size or ""] if "size" in shown else []),
+            f"{v.duration_s:.2f}" if v.duration_s is not None else "",
         )
-    console.print(table)
+    return table
 
 
 @history_app.command("show")

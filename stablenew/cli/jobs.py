@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import typer
+from rich import box
 from rich.table import Table
 
 from stablenew.cli._output import (
@@ -72,16 +73,28 @@ def submit(
 ) -> None:
     """Build PACK and queue its jobs (all or nothing). Needs PREFECT_API_URL or `stablenew up`."""
     from stablenew.builder import build_jobs
+    from stablenew.cli._names import check_pack_names
+    from stablenew.orchestration.locate import cached_prefect
     from stablenew.packs import load_pack
 
     prio = check_priority(priority)
-    records = list(build_jobs(load_pack(pack), generation_defaults=get_settings().generation))
+    settings = get_settings()
+    loaded = load_pack(pack)
+    records = list(build_jobs(loaded, generation_defaults=settings.generation))
+    # The WebUI that will render them, where one is known: configured, or the stack's.
+    stack = cached_prefect(settings.home).stack
+    check_pack_names(loaded, records, settings.webui.url or (stack.webui_url if stack else None))
 
     async def go() -> tuple[list[str], dict[str, Any] | None]:
         runs = await _service().asubmit_runs(
             records, prio, allow_duplicates=allow_duplicates, group_models=not keep_order
         )
         ids = [r.idempotency_key.split("~")[0] for r in runs]
+        if not json_out:
+            console.print(
+                f"Queued {len(ids)} job(s) at priority {prio}.{order_note(records, keep_order)}",
+                highlight=False,
+            )
         if not wait:
             return ids, None
         from stablenew.cli._progress import watch_jobs
@@ -91,11 +104,6 @@ def submit(
     ids, summary = asyncio.run(go())
     if json_out:
         print_json({"job_ids": ids, "priority": prio, "summary": summary})
-    else:
-        console.print(
-            f"Queued {len(ids)} job(s) at priority {prio}.{order_note(records, keep_order)}",
-            highlight=False,
-        )
     if summary is not None and summary["counts"].get("completed", 0) != summary["total"]:
         raise typer.Exit(EXIT_FAILED)
 
@@ -103,7 +111,7 @@ def submit(
 @guarded
 @with_prefect
 def cancel(
-    job_id: str = typer.Argument(None, help="Job id to cancel."),
+    job_id: str = typer.Argument(None, help="Job id to cancel, or any unique start of it."),
     pack: str = typer.Option(None, "--pack", help="Cancel every active job of this pack."),
     current: bool = typer.Option(False, "--current", help="Cancel the running job(s)."),
     json_out: bool = typer.Option(False, "--json"),
@@ -114,7 +122,7 @@ def cancel(
         fail("give exactly one of JOB_ID, --pack ID, --current", EXIT_BAD_INPUT)
     service = _service()
     if job_id:
-        refs = [service.cancel(job_id)]
+        refs = [service.cancel(_full_job_id(job_id))]
     elif pack:
         refs = service.cancel_pack(pack)
     else:
@@ -128,30 +136,56 @@ def cancel(
         console.print(f"{ref.job_id}: {ref.status.value}", highlight=False)
 
 
+def _full_job_id(text: str) -> str:
+    """The id of the one recorded job that ``text`` is or starts; else ``text`` itself, taken
+    as a full id (the history may not know a job submitted since it last synced)."""
+    from stablenew.errors import HistoryError, JobNotFound
+    from stablenew.history import AmbiguousJobId, open_store
+
+    try:
+        with open_store(get_settings().resolved_history_url) as store:
+            return store.resolve_job_id(text)
+    except AmbiguousJobId:
+        raise
+    except (JobNotFound, HistoryError):
+        return text
+
+
 def _print_queue(state: Any) -> None:
     console.print(
         f"Pool [bold]{state.pool}[/]: [bold]{state.status}[/] - "
-        f"{len(state.running)} running, {len(state.pending)} pending",
+        f"{len(state.generating)} generating, {len(state.staged)} staged, "
+        f"{len(state.pending)} pending",
         highlight=False,
     )
     for hold in state.holds:
         console.print(f"[yellow]holding[/] {hold}", highlight=False)
-    table = Table()
-    for column in ("#", "state", "priority", "job", "job id"):
-        table.add_column(column)
-    for ref in state.running:
-        table.add_row("", ref.status.value, ref.priority or "", ref.name, ref.job_id)
-    for i, ref in enumerate(state.pending[:50], 1):
-        table.add_row(str(i), ref.status.value, ref.priority or "", ref.name, ref.job_id)
-    if state.running or state.pending:
-        console.print(table)
+    if not (state.generating or state.staged or state.pending):
+        return
+    # Full job ids, never cut: they are what `cancel` and `explain` take.
+    table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("priority", no_wrap=True)
+    table.add_column("job", overflow="fold")
+    shown = [*state.generating, *state.staged, *state.pending[:50]]
+    id_width = max(len(ref.job_id) for ref in shown)
+    table.add_column("job id", no_wrap=True, min_width=id_width, overflow="fold")
+    for ref in state.generating:
+        table.add_row("", "generating", ref.priority or "", ref.name, ref.job_id)
+    # Numbered in the order they will get the GPU: staged ones first.
+    waiting = [("staged", ref) for ref in state.staged]
+    waiting += [(ref.status.value, ref) for ref in state.pending[:50]]
+    for i, (label, ref) in enumerate(waiting, 1):
+        table.add_row(str(i), label, ref.priority or "", ref.name, ref.job_id)
+    console.print(table)
     if len(state.pending) > 50:
         console.print(f"... and {len(state.pending) - 50} more pending")
 
 
 @queue_app.callback()
 def queue(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -> None:
-    """Pending jobs (in the order they will run) and running jobs."""
+    """Jobs generating, staged (claimed, waiting for the GPU) and pending, in run order."""
     if ctx.invoked_subcommand is None:
         ls(json_out)
 
@@ -160,7 +194,7 @@ def queue(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) ->
 @guarded
 @with_prefect
 def ls(json_out: bool = typer.Option(False, "--json")) -> None:
-    """Pending jobs (in run order) and running jobs."""
+    """Jobs generating, staged (claimed, waiting for the GPU) and pending, in run order."""
     state = _service().queue_state()
     if json_out:
         print_json(state.model_dump(mode="json"))

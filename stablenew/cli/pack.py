@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import typer
 
 from stablenew.builder import build_jobs, count_jobs, validate_pack
-from stablenew.cli._output import console, guarded, print_json
-from stablenew.errors import PackError, PackIssue
+from stablenew.cli._output import EXIT_FAILED, EXIT_UNAVAILABLE, console, fail, guarded, print_json
+from stablenew.errors import PackError, PackIssue, WebUIError
 from stablenew.packs import load_pack, pack_json_schema
 from stablenew.records import NormalizedJobRecord
 from stablenew.settings import get_settings
+from stablenew.webui.preflight import WebUIInventory, build_and_check, fetch_inventory
 
 pack_app = typer.Typer(help="Validate and build prompt packs.", no_args_is_help=True)
 
@@ -31,26 +32,53 @@ def register(root: typer.Typer) -> None:
 @guarded
 def validate(
     packs: list[Path] = typer.Argument(..., help="Pack file(s) to check."),
+    webui: str | None = typer.Option(
+        None,
+        "--webui",
+        metavar="URL",
+        help="Also check checkpoint, VAE, sampler, scheduler, upscaler, LoRA and embedding "
+        "names against the lists of the WebUI at URL (http://user:password@host for --api-auth).",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Check packs completely (limits included); every problem is reported, exit 2 if any."""
     generation = get_settings().generation
+    inventory = _inventory(webui) if webui else None
     issues: list[PackIssue] = []
     results: list[dict[str, object]] = []
     for path in packs:
         try:
-            jobs = validate_pack(path, generation_defaults=generation)
+            jobs = _check(path, inventory, generation)
         except PackError as e:
             issues.extend(e.issues)
             results.append({"path": str(path), "ok": False, "issues": [str(i) for i in e.issues]})
             continue
         results.append({"path": str(path), "ok": True, "jobs": jobs})
         if not as_json:
-            console.print(f"{path}: ok ({jobs:,} jobs)", highlight=False, soft_wrap=True)
+            checked = f"; names known to {inventory.url}" if inventory else ""
+            console.print(f"{path}: ok ({jobs:,} jobs{checked})", highlight=False, soft_wrap=True)
     if as_json:
         print_json(results)
     if issues:
         raise PackError(issues)
+
+
+def _inventory(url: str) -> WebUIInventory:
+    try:
+        return fetch_inventory(url)
+    except WebUIError as e:
+        # Not answering is exit 3, as everywhere; a refusal (e.g. 401) is a failure.
+        fail(
+            f"--webui: cannot read the WebUI's lists: {e}",
+            EXIT_UNAVAILABLE if e.retryable else EXIT_FAILED,
+        )
+
+
+def _check(path: Path, inventory: WebUIInventory | None, generation: Mapping[str, Any]) -> int:
+    """Job count of a pack that passes every check; one PackError with all problems if not."""
+    if inventory is None:
+        return validate_pack(path, generation_defaults=generation)
+    return len(build_and_check(path, inventory, generation_defaults=generation))
 
 
 @pack_app.command("build")

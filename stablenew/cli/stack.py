@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from stablenew.cli._output import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     KEEP_ORDER_HELP,
     console,
@@ -24,6 +24,9 @@ from stablenew.cli._output import (
 from stablenew.errors import StableNewError
 from stablenew.orchestration.pool import PRIORITIES, check_priority
 from stablenew.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from stablenew.orchestration.embedded import Stack
 
 
 def register(root: typer.Typer) -> None:
@@ -41,29 +44,41 @@ class Target:
     webui_url: str | None
     ui_url: str | None
     started: list[str]
+    stack: Stack | None = None  # the embedded stack serving it, if one does
 
 
 @contextmanager
 def embedded_target(settings: Settings, *, keep: bool, quiet: bool = False) -> Iterator[Target]:
-    """Use configured services, a stack left up earlier, or start one on loopback.
+    """The Prefect server every command would find (see ``locate``) with a worker serving it,
+    or, when there is none, an embedded stack started on loopback.
 
-    What this call starts is stopped on exit unless ``keep``.
+    A configured Prefect without a configured WebUI gets the simulator and a worker. What
+    this call starts is stopped on exit unless ``keep``.
     """
+    from stablenew.errors import PrefectUnavailable
     from stablenew.orchestration.embedded import Stack
+    from stablenew.orchestration.locate import explicit_api_url, forget_located, locate_prefect
 
-    prefect_url = os.environ.get("PREFECT_API_URL")
-    webui_url = settings.webui.url
-    if prefect_url and webui_url:
-        yield Target(prefect_url, webui_url, prefect_url.removesuffix("/api"), [])
-        return
-    home = settings.home.resolve()
+    home = settings.home
     home.mkdir(parents=True, exist_ok=True)
-    existing = Stack.load(home)
-    if existing is not None and existing.prefect_url and (prefect_url is None):
-        yield Target(existing.prefect_url, existing.webui_url, existing.ui_url, [])
+    try:
+        found = locate_prefect(home)
+    except PrefectUnavailable:
+        if explicit_api_url() or Stack.load(home) is not None:
+            raise  # something is configured or running but does not answer: say so
+        found = None
+    if found is not None and found.stack is not None:
+        running = found.stack
+        yield Target(found.api_url, running.webui_url, found.ui_url, [], running)
         return
-    stack = Stack(home=home)
-    stack.prefect_url = prefect_url
+    webui_url = settings.webui.url
+    if found is not None and webui_url:
+        yield Target(found.api_url, webui_url, found.ui_url, [])
+        return
+    # A stack may already be recorded for another Prefect (PREFECT_API_URL points elsewhere):
+    # this one then runs beside it without touching its state file.
+    stack = Stack(home=home, owns_state=Stack.load(home) is None)
+    stack.prefect_url = found.api_url if found is not None else None
     stack.webui_url = webui_url
     try:
         if not quiet:
@@ -71,15 +86,18 @@ def embedded_target(settings: Settings, *, keep: bool, quiet: bool = False) -> I
                 f"[dim]Starting the embedded stack on 127.0.0.1 (data in {home})...[/]",
                 highlight=False,
             )
-        stack.start(prefect=prefect_url is None, simulator=webui_url is None)
+        stack.start(prefect=found is None, simulator=webui_url is None)
         stack.start_worker()
+        forget_located()
         assert stack.prefect_url is not None
-        yield Target(stack.prefect_url, stack.webui_url, stack.ui_url, list(stack.pids))
+        ui = stack.ui_url
+        yield Target(stack.prefect_url, stack.webui_url, ui, list(stack.pids), stack)
     finally:
         if keep:
             stack.save()
         else:
             stack.stop()
+        forget_located()
 
 
 @contextmanager
@@ -92,19 +110,11 @@ def prefect_at(url: str) -> Iterator[None]:
 
 @contextmanager
 def configured_prefect() -> Iterator[str]:
-    """PREFECT_API_URL if set, else the stack `stablenew up` left running; else a clear error
-    (never Prefect's silent temporary server, which would show an empty queue)."""
-    from stablenew.errors import PrefectUnavailable
-    from stablenew.orchestration.embedded import Stack
+    """The Prefect server every entry point uses (``locate``), else a clear error; never
+    Prefect's silent temporary server, which would show an empty queue."""
+    from stablenew.orchestration.locate import locate_prefect
 
-    url = os.environ.get("PREFECT_API_URL")
-    if url is None:
-        stack = Stack.load(get_settings().home.resolve())
-        url = stack.prefect_url if stack is not None else None
-    if url is None:
-        raise PrefectUnavailable(
-            "(none)", "set PREFECT_API_URL, or start the embedded stack with `stablenew up`"
-        )
+    url = locate_prefect(get_settings().home).api_url
     with prefect_at(url):
         yield url
 
@@ -142,16 +152,23 @@ def run(
         "normal", "--priority", "-p", help=f"Queue: {', '.join(PRIORITIES)}."
     ),
     keep: bool = typer.Option(False, "--keep", help="Leave the embedded stack running."),
+    keep_queued: bool = typer.Option(
+        False,
+        "--keep-queued",
+        help="On Ctrl-C, keep the pack's unfinished jobs queued instead of cancelling them.",
+    ),
     timeout: float = typer.Option(None, "--timeout", help="Give up waiting after N seconds."),
     keep_order: bool = typer.Option(False, "--keep-order", help=KEEP_ORDER_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary, nothing else."),
 ) -> None:
     """Build PACK, queue every job, watch them render, and summarize.
 
-    With no PREFECT_API_URL / STABLENEW_WEBUI__URL it starts a local Prefect server, the
-    WebUI simulator and one worker on loopback, and stops them afterwards.
+    With no PREFECT_API_URL / STABLENEW_WEBUI__URL and no stack running (`stablenew up`), it
+    starts a local Prefect server, the WebUI simulator and one worker on loopback, and stops
+    them afterwards. Ctrl-C cancels the pack's unfinished jobs (--keep-queued keeps them).
     """
     from stablenew.builder import build_jobs
+    from stablenew.cli._names import check_pack_names
     from stablenew.cli._progress import watch_jobs
     from stablenew.orchestration.jobs import JobService
     from stablenew.packs import load_pack
@@ -159,11 +176,13 @@ def run(
     prio = check_priority(priority)
     settings = get_settings()
     # Build first: a bad pack starts nothing and queues nothing.
-    records = list(build_jobs(load_pack(pack), generation_defaults=settings.generation))
+    loaded = load_pack(pack)
+    records = list(build_jobs(loaded, generation_defaults=settings.generation))
     with (
         embedded_target(settings, keep=keep, quiet=json_out) as target,
         prefect_at(target.prefect_url),
     ):
+        check_pack_names(loaded, records, target.webui_url)
 
         async def go() -> dict[str, Any]:
             await _apply(settings.work_pool)
@@ -179,9 +198,16 @@ def run(
                     f"Prefect UI: {target.ui_url}",
                     highlight=False,
                 )
-            summary = await watch_jobs(
-                runs, webui_url=target.webui_url, timeout=timeout, quiet=json_out
-            )
+            try:
+                summary = await watch_jobs(
+                    runs, webui_url=target.webui_url, timeout=timeout, quiet=json_out
+                )
+            except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this task
+                from stablenew.cli._interrupt import settle_after_interrupt
+
+                summary = await settle_after_interrupt(
+                    service, runs, target, keep_queued=keep_queued, quiet=json_out
+                )
             summary["history"] = await _sync_history(settings)
             return summary
 
@@ -206,6 +232,8 @@ def run(
                 f"Stack left running (Prefect UI {target.ui_url}); stop it with `stablenew down`.",
                 highlight=False,
             )
+    if summary.get("interrupted"):
+        raise typer.Exit(EXIT_INTERRUPTED)
     ok = summary["counts"].get("completed", 0) == summary["total"]
     raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
 
@@ -230,35 +258,39 @@ def up(
     if json_out:
         print_json(info)
         return
+    already = "" if target.started else "Already running. "
     console.print(
-        f"Prefect UI {target.ui_url}\nWebUI {target.webui_url}\n"
-        f"Use it from another shell with: export PREFECT_API_URL={target.prefect_url}",
+        f"{already}Prefect UI {target.ui_url}\nWebUI {target.webui_url}\n"
+        f"Data in {settings.home}. Every `stablenew` command and the SDK find this stack by "
+        f"themselves; for Prefect's own tools: export PREFECT_API_URL={target.prefect_url}\n"
+        "Stop it with `stablenew down`.",
         highlight=False,
     )
 
 
 @guarded
 def down() -> None:
-    """Stop the embedded stack started by `up` or `run --keep`."""
+    """Stop the embedded stack of this data dir: what `up` or `run --keep` started, and any
+    other process started for it (found even when its state file is gone)."""
     from stablenew.orchestration.embedded import Stack
 
-    home = get_settings().home.resolve()
-    stack = Stack.load(home)
-    if stack is None:
-        console.print("Nothing running.")
-        return
-    stopped = stack.stop()
-    console.print(f"Stopped: {', '.join(stopped) or 'nothing'}")
+    home = get_settings().home
+    stack = Stack.load(home) or Stack(home=home)
+    stopped = stack.stop(strays=True)
+    console.print(f"Stopped: {', '.join(stopped)}" if stopped else "Nothing running.")
 
 
 @guarded
 def deploy(
     json_out: bool = typer.Option(False, "--json", help="Print deployment ids as JSON."),
 ) -> None:
-    """Apply prefect.yaml: work pools, priority queues and deployments (idempotent)."""
-    ids = asyncio.run(_apply(get_settings().work_pool))
+    """Apply prefect.yaml: work pools, priority queues and deployments (idempotent), on the
+    server PREFECT_API_URL names or the running embedded stack."""
+    with configured_prefect() as url:
+        ids = asyncio.run(_apply(get_settings().work_pool))
     if json_out:
         print_json(ids)
         return
+    console.print(f"Applied to the Prefect server at {url}:", highlight=False)
     for name, ident in ids.items():
         console.print(f"deployment {name}: {ident}", highlight=False)

@@ -4,6 +4,7 @@ Core layer: imports neither Prefect nor HTTP. The exporter (orchestration) fills
 Prefect API; the history service and CLI read it.
 """
 
+from stablenew.errors import AmbiguousJobId
 from stablenew.history.base import HistoryStore
 from stablenew.history.models import (
     FilterArgs,
@@ -18,6 +19,7 @@ from stablenew.history.models import (
 from stablenew.history.sqlite import SqliteHistoryStore, open_store
 
 __all__ = [
+    "AmbiguousJobId",
     "FilterArgs",
     "HistoryStore",
     "JobFilter",

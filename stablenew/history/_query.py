@@ -79,6 +79,33 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def prefix_sql(prefix: str, limit: int) -> tuple[str, list[Any]]:
+    """Job ids starting with ``prefix``, in id order: a range seek on the ``job_id`` index.
+
+    ``job_id >= prefix AND job_id < prefix-with-its-last-character-incremented`` (SQLite
+    compares TEXT bytewise and UTF-8 keeps code point order); ``LIKE`` would scan the table,
+    since the default LIKE is case-insensitive and the index is not.
+    """
+    sql = "SELECT job_id FROM jobs WHERE job_id >= ?"
+    params: list[Any] = [prefix]
+    upper = _prefix_upper_bound(prefix)
+    if upper is not None:
+        sql += " AND job_id < ?"
+        params.append(upper)
+    return f"{sql} ORDER BY job_id LIMIT ?", [*params, limit]
+
+
+def _prefix_upper_bound(prefix: str) -> str | None:
+    """The least string greater than every string starting with ``prefix`` (None: none is)."""
+    stem = prefix.rstrip(chr(0x10FFFF))
+    if not stem:
+        return None
+    code = ord(stem[-1]) + 1
+    if 0xD800 <= code <= 0xDFFF:  # surrogates cannot be stored; the next code point can
+        code = 0xE000
+    return stem[:-1] + chr(code)
+
+
 def encode_cursor(created_us: int, row_id: int) -> str:
     return f"{created_us}:{row_id}"
 

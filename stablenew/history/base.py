@@ -2,7 +2,8 @@
 
 Implementations: :class:`stablenew.history.sqlite.SqliteHistoryStore`. Every method raises
 :class:`~stablenew.errors.HistoryError` when the storage fails (never a library exception),
-and :class:`~stablenew.errors.JobNotFound` where a job id is required to exist.
+and :class:`~stablenew.errors.JobNotFound` where a job id is required to exist (its subclass
+`AmbiguousJobId` where a prefix names more than one).
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ class HistoryStore(Protocol):
         ...
 
     def get_job(self, job_id: str) -> JobRow: ...
+
+    def resolve_job_id(self, prefix: str, *, candidates: int = 5) -> str:
+        """The one job id equal to or starting with ``prefix`` (an exact id always wins)."""
+        ...
 
     def transitions(self, job_id: str) -> list[Transition]: ...
 

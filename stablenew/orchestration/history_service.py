@@ -8,7 +8,6 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from stablenew.errors import JobNotFound
 from stablenew.history import FilterArgs, JobRow, SqliteHistoryStore, Transition
 from stablenew.lifecycle import JobStatus
 from stablenew.orchestration.jobs import JobRef, JobService
@@ -138,31 +137,36 @@ class JobHistoryService:
         self.jobs = jobs or JobService()
 
     async def list_active(self) -> list[JobView]:
-        """Running then queued jobs, live from Prefect, queued ones in run order."""
+        """Live from Prefect: what generates, then what is staged, then what is queued; staged
+        and queued jobs numbered in the order they will get the GPU."""
         state = await self.jobs.aqueue_state()
-        running = [_view_from_ref(r, None) for r in state.running]
-        pending = [_view_from_ref(r, i) for i, r in enumerate(state.pending, 1)]
-        return running + pending
+        generating = [_view_from_ref(r, None) for r in state.generating]
+        waiting = [*state.staged, *state.pending]
+        return generating + [_view_from_ref(r, i) for i, r in enumerate(waiting, 1)]
 
     def list_recent(self, *, limit: int = 50, offset: int = 0, **filters: Any) -> list[JobView]:
         args: FilterArgs = filters  # type: ignore[assignment]
         page = self.store.list_jobs(limit=limit, offset=offset, **args)
         return [view_from_row(r) for r in page.items]
 
+    def resolve_job_id(self, prefix: str) -> str:
+        """The full id of the one recorded job ``prefix`` starts (or is); raises
+        :class:`JobNotFound`, or :class:`AmbiguousJobId` listing a few candidates."""
+        return self.store.resolve_job_id(prefix)
+
     def get(self, job_id: str) -> JobView:
-        return view_from_row(self.store.get_job(job_id))
+        """The job with this id, or the one recorded job whose id starts with it."""
+        return view_from_row(self.store.get_job(self.resolve_job_id(job_id)))
 
     def explain(self, job_id: str) -> Explanation:
-        try:
-            row = self.store.get_job(job_id)
-        except JobNotFound:
-            raise JobNotFound(job_id) from None
+        """Everything known about one job; ``job_id`` may be a unique prefix."""
+        row = self.store.get_job(self.resolve_job_id(job_id))
         record = row.record()
         return Explanation(
             job=view_from_row(row),
             record=record,
             provenance=provenance(record),
-            timeline=timeline(self.store.transitions(job_id)),
+            timeline=timeline(self.store.transitions(row.job_id)),
             webui_requests=[
                 {"path": path, "body": body} for path, body in describe_requests(record)
             ],

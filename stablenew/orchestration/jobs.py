@@ -35,12 +35,12 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Cancelled, Cancelling
+from prefect.states import Cancelled, Cancelling, Scheduled
 from pydantic import BaseModel, Field
 
-from stablenew.errors import JobNotFound, OrchestrationError, SubmissionError
+from stablenew.errors import DuplicateJob, JobNotFound, OrchestrationError, SubmissionError
 from stablenew.lifecycle import JobStatus, status_from_prefect
-from stablenew.orchestration._prefect import PAGE, check_reachable, prefect_client
+from stablenew.orchestration._prefect import PAGE, check_reachable, prefect_client, read_runs_by_id
 from stablenew.orchestration.deployments import RENDER_DEPLOYMENT, RENDER_FLOW_NAME, RENDER_TASK
 from stablenew.orchestration.pool import (
     DEFAULT_PRIORITY,
@@ -50,7 +50,7 @@ from stablenew.orchestration.pool import (
     check_priority,
 )
 from stablenew.orchestration.submission import BULK, MAX_RESUBMITS, Batch
-from stablenew.orchestration.worker_state import read_gpu_holders, read_holds
+from stablenew.orchestration.worker_state import read_gpu_holders, read_published
 from stablenew.ordering import group_by_model
 from stablenew.records import NormalizedJobRecord
 
@@ -59,7 +59,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _ACTIVE = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED, StateType.RUNNING]
-_QUEUED = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED]
+_QUEUED = [StateType.SCHEDULED, StateType.PAUSED]
+_CLAIMED = [StateType.PENDING, StateType.RUNNING]
 
 
 class JobRef(BaseModel):
@@ -78,13 +79,34 @@ class JobRef(BaseModel):
 
 
 class QueueState(BaseModel):
-    status: str = Field(description="paused | running | idle")
-    pool: str
-    pending: list[JobRef] = Field(default_factory=list, description="In the order they will run.")
-    running: list[JobRef] = Field(default_factory=list)
-    holds: list[str] = Field(
-        default_factory=list, description="Workers not taking jobs, and why (e.g. WebUI down)."
+    """The pool as the GPU sees it: what generates, what a worker has claimed and stages
+    (RUNNING or PENDING in Prefect, waiting for its GPU), what is still queued."""
+
+    status: str = Field(
+        description="paused | running (a job generates) | starting (jobs claimed, none "
+        "generating yet) | idle"
     )
+    pool: str
+    generating: list[JobRef] = Field(
+        default_factory=list, description="Jobs a GPU is generating for now (one per worker)."
+    )
+    staged: list[JobRef] = Field(
+        default_factory=list,
+        description="Claimed by a worker and waiting for its GPU, in the order they get it.",
+    )
+    pending: list[JobRef] = Field(
+        default_factory=list, description="Queued, in the order they will run after those."
+    )
+    holds: list[str] = Field(
+        default_factory=list,
+        description="Online workers not taking jobs, and why (e.g. WebUI down).",
+    )
+
+    @property
+    def running(self) -> list[JobRef]:
+        """Every job Prefect reports RUNNING, generating or staged (what ``running`` listed
+        before the two were told apart)."""
+        return [r for r in (*self.generating, *self.staged) if r.status == JobStatus.RUNNING]
 
 
 def _job_id_of(run: FlowRun) -> str:
@@ -97,6 +119,14 @@ def _tag_value(run: FlowRun, prefix: str) -> str | None:
         if tag.startswith(prefix):
             return tag[len(prefix) :]
     return None
+
+
+def _generates(run: FlowRun, gpu_holders: set[str]) -> bool:
+    """Whether this RUNNING run is the one its GPU generates for: its worker published it
+    (:mod:`worker_state`), or it runs under Prefect's stock process worker, which has no GPU
+    gate, publishes nothing and stages nothing."""
+    worker_type = (run.labels or {}).get("prefect.worker.type")
+    return str(run.id) in gpu_holders or worker_type != WORKER_TYPE
 
 
 def job_ref(run: FlowRun) -> JobRef:
@@ -193,9 +223,14 @@ class JobService:
             except BaseException as error:
                 made = list(created.values()) + await batch.find_strays(created)
                 await self._rollback(client, made)
+                rolled_back = [str(r.id) for r in made]
+                if isinstance(error, DuplicateJob):
+                    raise DuplicateJob(
+                        error.job_id, error.existing, rolled_back=rolled_back
+                    ) from error
                 message = str(error) if isinstance(error, SubmissionError) else repr(error)
                 raise SubmissionError(
-                    f"submission failed: {message}", rolled_back=[str(r.id) for r in made]
+                    f"submission failed: {message}", rolled_back=rolled_back
                 ) from error
         return [created[i] for i in range(len(valid))]
 
@@ -307,17 +342,33 @@ class JobService:
             pool = await client.read_work_pool(self.pool)
             queues = await client.read_work_queues(work_pool_name=self.pool)
             runs = await self._pool_runs(client, _ACTIVE)
-            holds = await read_holds(client)
+            published = await read_published(client, self.pool)
         rank: dict[str, int] = {name: QUEUE_PRIORITY.get(name, 99) for name in PRIORITIES}
-        pending = sorted(
-            (job_ref(r) for r in runs if r.state_type in _QUEUED),
-            key=lambda j: (rank.get(j.priority or "", 99), j.expected_start or datetime.min),
-        )
-        running = [job_ref(r) for r in runs if r.state_type == StateType.RUNNING]
+
+        def in_run_order(selected: Iterable[FlowRun]) -> list[JobRef]:
+            return sorted(
+                map(job_ref, selected),
+                key=lambda j: (rank.get(j.priority or "", 99), j.expected_start or datetime.min),
+            )
+
+        generating = [
+            r
+            for r in runs
+            if r.state_type == StateType.RUNNING and _generates(r, published.gpu_holders)
+        ]
+        generating_ids = {r.id for r in generating}
+        staged = [r for r in runs if r.state_type in _CLAIMED and r.id not in generating_ids]
         paused = pool.is_paused or (bool(queues) and all(q.is_paused for q in queues))
-        status = "paused" if paused else "running" if running else "idle"
+        status = (
+            "paused" if paused else "running" if generating else "starting" if staged else "idle"
+        )
         return QueueState(
-            status=status, pool=self.pool, pending=pending, running=running, holds=holds
+            status=status,
+            pool=self.pool,
+            generating=in_run_order(generating),
+            staged=in_run_order(staged),
+            pending=in_run_order(r for r in runs if r.state_type in _QUEUED),
+            holds=published.holds,
         )
 
     def queue_state(self) -> QueueState:
@@ -356,6 +407,27 @@ class JobService:
     def cancel_pack(self, pack_id: str) -> list[JobRef]:
         return asyncio.run(self.acancel_pack(pack_id))
 
+    async def acancel_runs(self, flow_run_ids: Sequence[uuid.UUID]) -> list[JobRef]:
+        """Cancel these runs where still active (as ``cancel`` does for one job's latest run)."""
+        async with prefect_client() as client:
+            runs = await read_runs_by_id(client, flow_run_ids)
+            return [await self._cancel_run(client, r) for r in runs if r.state_type in _ACTIVE]
+
+    async def arequeue_runs(self, flow_run_ids: Sequence[uuid.UUID], *, reason: str) -> int:
+        """Put these runs back in their queue where a worker had claimed or started them
+        (their worker is gone); returns how many. Queued and finished runs are left alone."""
+        requeued = 0
+        async with prefect_client() as client:
+            for run in await read_runs_by_id(client, flow_run_ids):
+                if run.state_type in (StateType.PENDING, StateType.RUNNING):
+                    await client.set_flow_run_state(
+                        run.id,
+                        Scheduled(scheduled_time=run.expected_start_time, message=reason),
+                        force=True,
+                    )
+                    requeued += 1
+        return requeued
+
     async def acancel_current(self) -> list[JobRef]:
         """Cancel what is generating now: on each worker, the run that holds its GPU (the
         worker publishes it) if its render task is RUNNING. Runs a worker has started ahead,
@@ -364,14 +436,8 @@ class JobService:
             running = await self._pool_runs(client, [StateType.RUNNING])
             if not running:
                 return []
-            holders = await read_gpu_holders(client)
-            # Under Prefect's stock process worker there is no gate (and nothing staged).
-            running = [
-                r
-                for r in running
-                if str(r.id) in holders
-                or (r.labels or {}).get("prefect.worker.type") != WORKER_TYPE
-            ]
+            holders = await read_gpu_holders(client, self.pool)
+            running = [r for r in running if _generates(r, holders)]
             if not running:
                 return []
             rendering = await client.read_task_runs(

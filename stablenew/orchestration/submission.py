@@ -24,7 +24,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.states import Scheduled, to_state_create
 
-from stablenew.errors import SubmissionError
+from stablenew.errors import DuplicateJob, SubmissionError
 from stablenew.orchestration._prefect import PAGE, read_runs_by_id
 from stablenew.records import NormalizedJobRecord
 
@@ -174,11 +174,8 @@ class Batch:
         for n in range(1, MAX_RESUBMITS + 1):
             state = run.state.type if run.state else None
             if state not in RESUBMITTABLE and not allow_duplicates:
-                raise SubmissionError(
-                    f"job {rec.job_id} is already submitted (flow run {run.id}, "
-                    f"{run.state.name if run.state else 'no state'}); pass allow_duplicates "
-                    "to run it again"
-                )
+                state_name = run.state.name if run.state else "no state"
+                raise DuplicateJob(rec.job_id, f"flow run {run.id}, {state_name}")
             ids = await self._post([self._payload(i, rec, f"{rec.job_id}~{n}")])
             run = (await self._read(ids))[0]
             if self.ours(run):

@@ -9,7 +9,7 @@ from stablenew.errors import ConfigError
 from stablenew.records import NormalizedJobRecord
 from stablenew.settings import Settings, get_settings
 from stablenew.webui import WebUIClient
-from stablenew.webui.preflight import WebUIInventory, check_record
+from stablenew.webui.preflight import WebUIInventory, check_record, fetch_inventory
 
 INVENTORY_TTL = 300.0
 
@@ -53,6 +53,12 @@ def webui_client(settings: Settings | None = None) -> WebUIClient:
             )
             _clients[url] = client
         return client
+
+
+def inventory_at(url: str, settings: Settings | None = None) -> WebUIInventory:
+    """The lists of the WebUI at ``url``, with the configured credentials (for checking a
+    pack's names before it is queued)."""
+    return fetch_inventory(url, auth=_credentials(settings or get_settings()))
 
 
 def _inventory(client: WebUIClient, *, refresh: bool) -> WebUIInventory:

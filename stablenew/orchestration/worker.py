@@ -41,12 +41,13 @@ from stablenew.orchestration import gpu_gate
 from stablenew.orchestration.cancel_watch import CancelWatch, Interrupter
 from stablenew.orchestration.gpu_gate import GpuGate, Rank
 from stablenew.orchestration.pool import QUEUE_PRIORITY
-from stablenew.orchestration.worker_state import publish_gpu_holder, publish_hold
+from stablenew.orchestration.worker_state import publish_gpu_holder, publish_hold, withdraw
 
 logger = logging.getLogger(__name__)
 
 POOL_READ_SECONDS = 1.0
 FIRST_START_ALONE_SECONDS = 2.0  # bound on holding back the lookahead for an idle start
+WITHDRAW_SECONDS = 5.0  # bound on withdrawing what the worker published, at shutdown
 
 
 class StableNewJobConfiguration(BaseJobConfiguration):
@@ -258,6 +259,17 @@ class StableNewWorker(
             asyncio.run_coroutine_threadsafe(
                 publish_gpu_holder(self.client, self.name, flow_run_id, self._logger), self._loop
             )
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def teardown(self, *exc_info: Any) -> None:
+        """Withdraw this worker's hold and GPU holder before the client closes: a stopped
+        worker neither holds nor generates. Bounded and shielded, so a cancelled shutdown
+        (Ctrl-C) still tries, and a slow server cannot keep the worker from exiting."""
+        if self._client is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(WITHDRAW_SECONDS):
+                await withdraw(self._client, self.name, self._logger)
+        await super().teardown(*exc_info)
 
     # -- running --------------------------------------------------------------------------
 

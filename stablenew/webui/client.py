@@ -198,6 +198,11 @@ class WebUIClient:
     def loras(self) -> list[dict[str, Any]]:
         return self._json_list("/loras")
 
+    def embeddings(self) -> dict[str, Any]:
+        """``{loaded: {name: ...}, skipped: {name: ...}}``; skipped ones do not fit the model
+        loaded now (an SD 1.5 embedding while SDXL is loaded), but exist."""
+        return self._json_object("GET", "/embeddings", None, None)
+
     def sd_vae(self) -> list[dict[str, Any]]:
         """VAEs; Forge has no ``/sd-vae`` and lists them (with text encoders) at ``/sd-modules``."""
         try:

@@ -1,17 +1,45 @@
-"""``stablenew pack validate|build|count|schema``, driven in-process with typer's CliRunner."""
+"""``stablenew pack validate|build|count|schema``, driven in-process with typer's CliRunner.
+
+``validate --webui`` runs against the bundled simulator over real HTTP.
+"""
 
 from __future__ import annotations
 
 import json
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from stablenew.cli.app import app
+from stablenew.webui.simulator import SimConfig, SimServer
 
 runner = CliRunner()
 DEMO = "configs/packs/demo.yaml"
+BUNDLED = sorted(str(p) for p in Path("configs/packs").glob("*.yaml"))
 BAD = "pack: bad\ndefaults:\n  stepz: 3\nprompts: []\n"
+TYPOS = """\
+pack: typos
+defaults:
+  model: sd_xl_base_1.1
+  vae: sdxl_vae.safetensor
+  sampler: Eulr a
+  width: 64
+  height: 64
+  images_per_prompt: 2
+prompts:
+  - text: a {red|blue} fox
+    loras:
+      - name: add_detial
+"""
+
+
+@pytest.fixture(scope="module")
+def webui() -> Iterator[str]:
+    with SimServer(SimConfig(port=0)) as server:
+        yield server.url
 
 
 def _bad_pack(tmp_path: Path) -> Path:
@@ -92,3 +120,63 @@ def test_schema_is_json_schema_of_the_pack() -> None:
     schema = json.loads(result.stdout)
     assert schema["title"] == "PromptPack"
     assert "matrix" in schema["properties"]
+
+
+def test_validate_webui_reports_each_unknown_name_once_with_a_suggestion(
+    tmp_path: Path, webui: str
+) -> None:
+    pack = tmp_path / "typos.yaml"
+    pack.write_text(TYPOS, encoding="utf-8")
+    result = runner.invoke(app, ["pack", "validate", "--webui", webui, str(pack)])
+    assert result.exit_code == 2, result.output
+    for line, field, name, hint in [
+        (3, "defaults.model", "sd_xl_base_1.1", "sd_xl_base_1.0"),
+        (4, "defaults.vae", "sdxl_vae.safetensor", "sdxl_vae.safetensors"),
+        (5, "defaults.sampler", "Eulr a", "Euler a"),
+        (12, "prompts[0].loras[0].name", "add_detial", "add_detail"),
+    ]:
+        assert f"{pack}:{line}: {field}: " in result.output
+        assert result.output.count(f"not {name!r} (used by 4 jobs); did you mean {hint!r}?") == 1
+    assert "4 problem(s)" in result.output
+
+
+def test_validate_webui_reports_schema_and_name_problems_in_one_pass(
+    tmp_path: Path, webui: str
+) -> None:
+    pack = tmp_path / "both.yaml"
+    pack.write_text(TYPOS.replace("  width: 64\n", "  widht: 64\n"), encoding="utf-8")
+    result = runner.invoke(app, ["pack", "validate", "--webui", webui, str(pack)])
+    assert result.exit_code == 2, result.output
+    assert f"{pack}:6: defaults.widht: unknown key 'widht'; did you mean 'width'?" in result.output
+    assert f"{pack}:3: defaults.model: a checkpoint the WebUI has, not 'sd_xl_base_1.1'" in (
+        result.output
+    )
+    assert "did you mean 'add_detail'?" in result.output
+
+
+def test_validate_webui_passes_every_bundled_pack(webui: str) -> None:
+    result = runner.invoke(app, ["pack", "validate", "--webui", webui, *BUNDLED])
+    assert result.exit_code == 0, result.output
+    for pack in BUNDLED:
+        assert f"{pack}: ok (" in result.output
+    assert f"names known to {webui})" in result.output
+
+
+def test_validate_webui_json(tmp_path: Path, webui: str) -> None:
+    pack = tmp_path / "typos.yaml"
+    pack.write_text(TYPOS, encoding="utf-8")
+    result = runner.invoke(app, ["pack", "validate", "--json", "--webui", webui, DEMO, str(pack)])
+    assert result.exit_code == 2
+    doc = json.loads(result.stdout)
+    assert [r["ok"] for r in doc] == [True, False]
+    assert len(doc[1]["issues"]) == 4
+
+
+def test_validate_webui_that_does_not_answer_exits_3_naming_the_url() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    result = runner.invoke(app, ["pack", "validate", "--webui", url, DEMO])
+    assert result.exit_code == 3, result.output
+    assert "--webui" in result.output
+    assert url in result.output
