@@ -22,6 +22,7 @@ from stablenew.orchestration.render import (
     wait_for_webui,
     write_outputs,
 )
+from stablenew.outputs import RunStamp
 from stablenew.records import NormalizedJobRecord
 
 
@@ -68,7 +69,8 @@ async def render_job(record: NormalizedJobRecord) -> list[dict[str, Any]] | Stat
             logger.info("Job %s cancelled during generation", record.job_id)
             return Cancelled(message="cancelled: WebUI interrupted")
         raise
-    outputs = write_outputs(record, images)
+    run = RunStamp(flow_run.get_id(), attempt=max(flow_run.get_run_count(), 1))
+    outputs = write_outputs(record, images, run)
     await acreate_table_artifact(
         table=artifact_rows(outputs),
         description=f"Outputs of {record.run_name} ({record.job_id})",

@@ -136,6 +136,13 @@ class NormalizedJobRecord(_Frozen):
         )
 
 
+def derive_with_seed(record: NormalizedJobRecord, seed: int) -> NormalizedJobRecord:
+    """The same job with another seed: a new record, validated, with its own id."""
+    content = record.content_dict()
+    content.update(seed=seed, seed_policy="fixed")
+    return NormalizedJobRecord.model_validate(content)
+
+
 def compute_job_id(content: dict[str, Any]) -> str:
     """Stable id: readable indexes plus a hash of the full content (``content_dict()``)."""
     digest = hashlib.sha256(

@@ -34,7 +34,7 @@ def test_run_demo_pack_end_to_end(tmp_path: Path) -> None:
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["counts"] == {"completed": 4}
     assert summary["stack_left_running"] is False
-    pngs = sorted(Path(summary["output_dir"]).glob("*/*.png"))
+    pngs = sorted(Path(summary["output_dir"]).glob("*/latest/*.png"))
     assert len(pngs) == 4
     with Image.open(pngs[0]) as img:
         assert "Steps: 8" in img.info["parameters"]

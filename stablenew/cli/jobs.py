@@ -35,6 +35,7 @@ queue_app = typer.Typer(help="Show, pause or resume the GPU queue.", invoke_with
 def register(root: typer.Typer) -> None:
     root.command("submit")(submit)
     root.command("cancel")(cancel)
+    root.command("rerun")(rerun)
     root.add_typer(queue_app, name="queue")
 
 
@@ -134,6 +135,58 @@ def cancel(
         console.print("Nothing to cancel.")
     for ref in refs:
         console.print(f"{ref.job_id}: {ref.status.value}", highlight=False)
+
+
+@guarded
+@with_prefect
+def rerun(
+    job_id: str = typer.Argument(..., help="Job id to run again, or any unique start of it."),
+    seed: str = typer.Option(
+        "same", "--seed", help="same (the record as it was), new (a random seed), or a number."
+    ),
+    priority: str = typer.Option(
+        None, "--priority", "-p", help="Queue; defaults to the one the job last ran in."
+    ),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the new run to finish."),
+    json_out: bool = typer.Option(False, "--json", help="Print the new run as JSON."),
+) -> None:
+    """Queue a job again as a new run. A new seed makes a new job (its own id) whose lineage
+    names this one; earlier runs and their images are kept."""
+    choice: Any
+    if seed in ("same", "new"):
+        choice = seed
+    elif seed.isdigit():
+        choice = int(seed)
+    else:
+        fail(f"--seed must be same, new or a number, not {seed!r}", EXIT_BAD_INPUT)
+    prio = check_priority(priority) if priority else None
+    full = _full_job_id(job_id)
+
+    async def go() -> tuple[Any, dict[str, Any] | None]:
+        from stablenew.orchestration.jobs import job_ref
+
+        run = await _service().arerun(full, seed=choice, priority=prio)
+        if not json_out:
+            ref = job_ref(run)
+            console.print(
+                f"Queued {ref.job_id} at priority {ref.priority} (run {ref.flow_run_id}, "
+                f"re-run of {full}).",
+                highlight=False,
+            )
+        if not wait:
+            return run, None
+        from stablenew.cli._progress import watch_jobs
+
+        return run, await watch_jobs([run], webui_url=None, timeout=None, quiet=json_out)
+
+    run, summary = asyncio.run(go())
+    if json_out:
+        from stablenew.orchestration.jobs import job_ref
+
+        print_json({"run": job_ref(run).model_dump(mode="json"), "parent_job_id": full,
+                    "summary": summary})  # fmt: skip
+    if summary is not None and summary["counts"].get("completed", 0) != summary["total"]:
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _full_job_id(text: str) -> str:

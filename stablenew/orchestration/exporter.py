@@ -36,7 +36,7 @@ from stablenew.history import SqliteHistoryStore, StatusEvent, Submission, Write
 from stablenew.lifecycle import JobStatus, status_from_prefect
 from stablenew.orchestration._prefect import PAGE, read_runs_by_id
 from stablenew.orchestration.deployments import RENDER_DEPLOYMENT
-from stablenew.outputs import job_dir
+from stablenew.outputs import run_dirs
 from stablenew.records import NormalizedJobRecord
 
 logger = logging.getLogger(__name__)
@@ -69,11 +69,16 @@ def _record_of(run: FlowRun) -> NormalizedJobRecord | None:
         return None
 
 
-def _outputs(record: NormalizedJobRecord, output_root: Path | None) -> tuple[str, ...] | None:
+def _outputs(
+    record: NormalizedJobRecord, flow_run_id: str, output_root: Path | None
+) -> tuple[str, ...] | None:
+    """The images of this run's latest attempt (each attempt writes its own folder)."""
     if output_root is None:
         return None
-    directory = job_dir(output_root, record)
-    return tuple(str(p) for p in sorted(directory.glob("*.png"))) or None
+    folders = run_dirs(output_root, record, flow_run_id)
+    if not folders:
+        return None
+    return tuple(str(p) for p in sorted(folders[-1].glob("*.png"))) or None
 
 
 def events_for(
@@ -104,7 +109,11 @@ def events_for(
             error=state.message if status == JobStatus.FAILED else None,
             message=f"{state.name}: {state.message}" if failed and state.message else state.name,
             worker=worker,
-            outputs=_outputs(record, output_root) if status == JobStatus.COMPLETED else None,
+            outputs=(
+                _outputs(record, str(run.id), output_root)
+                if status == JobStatus.COMPLETED
+                else None
+            ),
             **common,
         )
     )

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolUpdate
@@ -49,10 +50,10 @@ from stablenew.orchestration.pool import (
     WORKER_TYPE,
     check_priority,
 )
-from stablenew.orchestration.submission import BULK, MAX_RESUBMITS, Batch
+from stablenew.orchestration.submission import BULK, MAX_RESUBMITS, Batch, Lineage
 from stablenew.orchestration.worker_state import read_gpu_holders, read_published
 from stablenew.ordering import group_by_model
-from stablenew.records import NormalizedJobRecord
+from stablenew.records import MAX_SEED, NormalizedJobRecord, derive_with_seed
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ class JobService:
         allow_duplicates: bool = False,
         group_models: bool = True,
         on_created: Callable[[int], None] | None = None,
+        lineage: Mapping[str, Lineage] | None = None,
     ) -> list[FlowRun]:
         """:meth:`asubmit`, returning the created flow runs (input order).
 
@@ -207,7 +209,7 @@ class JobService:
                     f"deployment {self.deployment_name!r} not found; run `stablenew deploy`"
                 ) from None
             order = group_by_model(valid) if group_models else list(range(len(valid)))
-            batch = Batch(client, deployment.id, prio, submission, base, order)
+            batch = Batch(client, deployment.id, prio, submission, base, order, lineage)
             created: dict[int, FlowRun] = {}
             try:
                 for start in range(0, len(order), BULK):
@@ -251,6 +253,47 @@ class JobService:
     def run_now(self, records: Iterable[NormalizedJobRecord | dict[str, Any]]) -> list[str]:
         """Submit to the ``urgent`` queue: these run before anything already waiting."""
         return self.submit(records, "urgent")
+
+    async def arerun(
+        self,
+        job_id: str,
+        *,
+        seed: Literal["same", "new"] | int = "same",
+        priority: str | None = None,
+    ) -> FlowRun:
+        """Queue a job again: its latest run's record (``seed="same"``), or a record derived
+        with a new seed (``"new"``: random; or that number), which is a new job with its own
+        id. Lineage (the run re-run, and the parent job for a new seed) goes with the run.
+        Priority defaults to the latest run's queue."""
+        async with prefect_client() as client:
+            parent = await self._latest_run(client, job_id)
+        try:
+            record = NormalizedJobRecord.model_validate((parent.parameters or {})["record"])
+        except (KeyError, ValueError) as e:
+            raise SubmissionError(f"flow run {parent.id} holds no valid job record") from e
+        if seed != "same":
+            value = secrets.randbelow(MAX_SEED + 1) if seed == "new" else seed
+            record = derive_with_seed(record, value)
+        lineage = Lineage(
+            "rerun",
+            parent_flow_run_id=str(parent.id),
+            parent_job_id=job_id if record.job_id != job_id else None,
+        )
+        prio = priority or parent.work_queue_name or DEFAULT_PRIORITY
+        runs = await self.asubmit_runs(
+            [record], prio, allow_duplicates=True, lineage={record.job_id: lineage}
+        )
+        return runs[0]
+
+    def rerun(
+        self,
+        job_id: str,
+        *,
+        seed: Literal["same", "new"] | int = "same",
+        priority: str | None = None,
+    ) -> str:
+        """:meth:`arerun`; returns the job id of the new run (another id for a new seed)."""
+        return _job_id_of(asyncio.run(self.arerun(job_id, seed=seed, priority=priority)))
 
     @staticmethod
     def _validate(

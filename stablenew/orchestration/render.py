@@ -17,7 +17,7 @@ from stablenew.errors import WebUIError, WebUIInterrupted, WebUIUnreachable
 from stablenew.orchestration import gpu_gate
 from stablenew.orchestration.gpu_gate import GateCancelled, Rank
 from stablenew.orchestration.webui_access import preflight, webui_client
-from stablenew.outputs import OutputImage, write_job_outputs
+from stablenew.outputs import OutputImage, RunStamp, write_job_outputs
 from stablenew.records import NormalizedJobRecord
 from stablenew.settings import get_settings
 from stablenew.webui import run_stages
@@ -100,8 +100,11 @@ def is_transient_failure(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def write_outputs(record: NormalizedJobRecord, images: list[OutputImage]) -> list[dict[str, Any]]:
-    written = write_job_outputs(get_settings().resolved_output_root, record, images)
+def write_outputs(
+    record: NormalizedJobRecord, images: list[OutputImage], run: RunStamp | None = None
+) -> list[dict[str, Any]]:
+    """Write this run attempt's images into its own folder (see :mod:`stablenew.outputs`)."""
+    written = write_job_outputs(get_settings().resolved_output_root, record, images, run)
     return [
         {
             "path": str(w.path),

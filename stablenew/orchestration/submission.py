@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -41,13 +42,41 @@ LOCKED_RETRIES = 10
 RESUBMITTABLE = {StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
 
-def run_tags(record: NormalizedJobRecord, priority: str) -> list[str]:
-    return [
+LINEAGE_KEY = "stablenew_lineage"  # in a flow run's context
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Why a run exists and which run it repeats; kept in the flow run's context, where the
+    history exporter reads it."""
+
+    reason: str = "submit"  # submit | duplicate | rerun | recovery
+    parent_flow_run_id: str | None = None
+    parent_job_id: str | None = None  # a re-run with a new seed is a new job
+
+    def context(self) -> dict[str, str]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def of(cls, run: FlowRun) -> Lineage:
+        raw = (run.context or {}).get(LINEAGE_KEY) or {}
+        return cls(
+            **{k: raw[k] for k in ("reason", "parent_flow_run_id", "parent_job_id") if k in raw}
+        )
+
+
+def run_tags(
+    record: NormalizedJobRecord, priority: str, lineage: Lineage | None = None
+) -> list[str]:
+    tags = [
         "stablenew",
         f"pack:{record.pack_id}",
         f"priority:{priority}",
         f"model:{record.model}",
     ]
+    if lineage is not None and lineage.reason != "submit":
+        tags.append(lineage.reason)  # visible in the Prefect UI's run list
+    return tags
 
 
 async def _with_retry(call: Callable[[], Awaitable[T]], attempts: int = 6) -> T:
@@ -78,6 +107,7 @@ class Batch:
         submission: str,
         base: datetime,
         order: Sequence[int],
+        lineage: Mapping[str, Lineage] | None = None,
     ) -> None:
         self.client = client
         self.deployment_id = deployment_id
@@ -86,24 +116,28 @@ class Batch:
         self.base = base
         self.keys: dict[int, str] = {}
         self.fast: bool | None = None  # whether the server has our route; None: not asked yet
+        self.lineage = dict(lineage or {})  # by job id; plain submissions have none
         # Input index -> position in the queue (see stablenew.ordering).
         self.slot = {i: pos for pos, i in enumerate(order)}
 
     def ours(self, run: FlowRun) -> bool:
         return bool(run.context.get("stablenew_submission") == self.submission)
 
-    def _payload(self, i: int, rec: NormalizedJobRecord, key: str) -> dict[str, Any]:
+    def _payload(
+        self, i: int, rec: NormalizedJobRecord, key: str, lineage: Lineage | None = None
+    ) -> dict[str, Any]:
         self.keys[i] = key
+        lineage = lineage or self.lineage.get(rec.job_id) or Lineage()
         return DeploymentFlowRunCreate(
             name=rec.run_name,
             parameters={"record": rec.model_dump(mode="json")},
-            context={"stablenew_submission": self.submission},
+            context={"stablenew_submission": self.submission, LINEAGE_KEY: lineage.context()},
             # Workers take runs by expected start inside a queue: one microsecond apart
             # keeps the submission order exact.
             state=to_state_create(
                 Scheduled(scheduled_time=self.base + timedelta(microseconds=self.slot[i]))
             ),
-            tags=run_tags(rec, self.priority),
+            tags=run_tags(rec, self.priority, lineage),
             idempotency_key=key,
             work_queue_name=self.priority,
         ).model_dump(mode="json", exclude_unset=True)
@@ -176,7 +210,12 @@ class Batch:
             if state not in RESUBMITTABLE and not allow_duplicates:
                 state_name = run.state.name if run.state else "no state"
                 raise DuplicateJob(rec.job_id, f"flow run {run.id}, {state_name}")
-            ids = await self._post([self._payload(i, rec, f"{rec.job_id}~{n}")])
+            # Asked for again on purpose: a run of the same job, after the one that holds
+            # the key (unless the caller said why, e.g. a re-run).
+            lineage = self.lineage.get(rec.job_id) or Lineage(
+                "duplicate", parent_flow_run_id=str(run.id)
+            )
+            ids = await self._post([self._payload(i, rec, f"{rec.job_id}~{n}", lineage)])
             run = (await self._read(ids))[0]
             if self.ours(run):
                 return run

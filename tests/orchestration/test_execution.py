@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import json
 import time
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -183,19 +182,40 @@ def test_outputs_and_sidecar(live: LiveStack) -> None:
     rec = make_record("a lighthouse at dusk", size=64)
     service.submit([rec])
     assert _wait_terminal(service, [rec.job_id])[rec.job_id] == JobStatus.COMPLETED
-    job_dir = live.output_root / "itest" / rec.job_id
-    sidecar = json.loads((job_dir / "record.json").read_text())
+    run_id = service.status(rec.job_id).flow_run_id
+    latest = live.output_root / "itest" / rec.job_id / "latest"
+    sidecar = json.loads((latest / "record.json").read_text())
     assert sidecar == json.loads(rec.model_dump_json())
-    pngs = sorted(job_dir.glob("*.png"))
+    pngs = sorted(latest.glob("*.png"))
     assert len(pngs) == rec.batch_size
     with Image.open(pngs[0]) as img:
         assert img.size == (64, 64)
         assert img.info["parameters"].startswith("a lighthouse at dusk\n")
-    result = json.loads((job_dir / "result.json").read_text())
-    assert result[0]["seed"] == rec.seed
+    result = json.loads((latest / "result.json").read_text())
+    assert result["flow_run_id"] == run_id
+    assert result["attempt"] == 1
+    assert result["images"][0]["seed"] == rec.seed
     assert all(
-        Path(p).resolve().is_relative_to(live.output_root.resolve()) for p in job_dir.iterdir()
+        p.resolve().is_relative_to(live.output_root.resolve()) for p in latest.parent.rglob("*")
     )
+
+
+def test_two_runs_of_a_job_never_share_an_output_file(live: LiveStack) -> None:
+    service = JobService()
+    rec = make_record("a lighthouse, twice", size=64)
+    first = service.submit([rec])
+    _wait_terminal(service, first)
+    again = service.submit([rec], allow_duplicates=True)
+    _wait_terminal(service, again)
+    job = live.output_root / "itest" / rec.job_id
+    folders = sorted(p for p in job.iterdir() if p.is_dir() and not p.is_symlink())
+    assert len(folders) == 2
+    files = [f for d in folders for f in d.glob("*.png")]
+    assert len(files) == len(set(files)) == 2 * rec.batch_size
+    made_by = {json.loads((d / "result.json").read_text())["flow_run_id"] for d in folders}
+    assert len(made_by) == 2
+    assert (job / "latest").resolve() == folders[-1].resolve()
+    assert service.status(rec.job_id).flow_run_id in made_by
 
 
 def test_duplicate_submission_is_refused_unless_asked(live: LiveStack) -> None:
