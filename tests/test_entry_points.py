@@ -173,8 +173,8 @@ def test_one_stack_found_from_anywhere(stack_user: tuple[User, dict[str, Any]]) 
 
     # Following `up`'s advice (export PREFECT_API_URL) reuses the stack: no second one.
     groups = marked_groups(user.data_dir)
-    run = _json(user.cli("run", str(ROOT / "configs/packs/fox-matrix.yaml"), "--json",
-                         cwd=user.there, PREFECT_API_URL=api))  # fmt: skip
+    # ...and a pack given by name works from any folder.
+    run = _json(user.cli("run", "fox-matrix", "--json", cwd=user.there, PREFECT_API_URL=api))
     assert run["counts"] == {"completed": 6}
     assert run["stack_left_running"] is False
     assert marked_groups(user.data_dir) == groups

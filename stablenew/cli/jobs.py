@@ -23,6 +23,7 @@ from stablenew.cli._output import (
     order_note,
     print_json,
 )
+from stablenew.cli._pack_arg import PACK_HELP, pack_argument
 from stablenew.orchestration.pool import PRIORITIES, check_priority
 from stablenew.settings import get_settings
 
@@ -61,7 +62,7 @@ def with_prefect(fn: Callable[P, R]) -> Callable[P, R]:
 @guarded
 @with_prefect
 def submit(
-    pack: Path = typer.Argument(..., help="Pack YAML to submit."),
+    pack: Path = typer.Argument(..., help=PACK_HELP, callback=pack_argument),
     priority: str = typer.Option(
         "normal", "--priority", "-p", help=f"One of {', '.join(PRIORITIES)}."
     ),

@@ -12,6 +12,7 @@ import typer
 
 from stablenew.builder import build_jobs, count_jobs, validate_pack
 from stablenew.cli._output import EXIT_FAILED, EXIT_UNAVAILABLE, console, fail, guarded, print_json
+from stablenew.cli._pack_arg import PACK_HELP, known_packs, pack_argument
 from stablenew.errors import PackError, PackIssue, WebUIError
 from stablenew.packs import load_pack, pack_json_schema
 from stablenew.records import NormalizedJobRecord
@@ -20,7 +21,7 @@ from stablenew.webui.preflight import WebUIInventory, build_and_check, fetch_inv
 
 pack_app = typer.Typer(help="Validate and build prompt packs.", no_args_is_help=True)
 
-PackArg = typer.Argument(..., help="Pack file (YAML).")
+PackArg = typer.Argument(..., help=PACK_HELP, callback=pack_argument)
 JsonOpt = typer.Option(False, "--json", help="Machine output: one JSON document on stdout.")
 
 
@@ -31,7 +32,7 @@ def register(root: typer.Typer) -> None:
 @pack_app.command("validate")
 @guarded
 def validate(
-    packs: list[Path] = typer.Argument(..., help="Pack file(s) to check."),
+    packs: list[Path] = typer.Argument(..., help=PACK_HELP, callback=pack_argument),
     webui: str | None = typer.Option(
         None,
         "--webui",
@@ -124,6 +125,18 @@ def count(pack: Path = PackArg, as_json: bool = JsonOpt) -> None:
         print_json({"pack": loaded.spec.pack, "path": str(pack), "jobs": jobs, "max_jobs": limit})
     else:
         typer.echo(jobs)
+
+
+@pack_app.command("ls")
+@guarded
+def ls(as_json: bool = JsonOpt) -> None:
+    """The packs a name reaches: yours (<data dir>/packs) first, then the bundled ones."""
+    found = {name: str(path) for name, path in known_packs().items()}
+    if as_json:
+        print_json(found)
+        return
+    for name, path in found.items():
+        console.print(f"{name}  [dim]{path}[/]", highlight=False, soft_wrap=True)
 
 
 @pack_app.command("schema")

@@ -21,6 +21,7 @@ from stablenew.cli._output import (
     order_note,
     print_json,
 )
+from stablenew.cli._pack_arg import PACK_HELP, pack_argument
 from stablenew.errors import StableNewError
 from stablenew.orchestration.pool import PRIORITIES, check_priority
 from stablenew.settings import Settings, get_settings
@@ -147,7 +148,7 @@ async def _apply(pool: str) -> dict[str, Any]:
 
 @guarded
 def run(
-    pack: Path = typer.Argument(..., exists=False, help="Pack YAML to render."),
+    pack: Path = typer.Argument(..., help=PACK_HELP, callback=pack_argument),
     priority: str = typer.Option(
         "normal", "--priority", "-p", help=f"Queue: {', '.join(PRIORITIES)}."
     ),
@@ -224,7 +225,8 @@ def run(
         console.print(f"Images: [bold]{out_dir}[/]", highlight=False)
         if summary.get("history"):
             console.print(
-                f"History: {summary['history']} (`stablenew history ls`, `stablenew explain ID`)",
+                f"History: {summary['history'].removeprefix('sqlite:///')} "
+                "(`stablenew history ls`, `stablenew explain ID`)",
                 highlight=False,
             )
         if keep and target.started:

@@ -180,3 +180,25 @@ def test_validate_webui_that_does_not_answer_exits_3_naming_the_url() -> None:
     assert result.exit_code == 3, result.output
     assert "--webui" in result.output
     assert url in result.output
+
+
+def test_packs_are_found_by_name_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = tmp_path / "home" / "packs"
+    mine.mkdir(parents=True)
+    demo = Path(BUNDLED[0]).resolve().parent / "demo.yaml"
+    (mine / "mine.yaml").write_text(demo.read_text().replace("pack: demo", "pack: mine"))
+    monkeypatch.setenv("STABLENEW_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    listed = runner.invoke(app, ["pack", "ls", "--json"])
+    assert listed.exit_code == 0, listed.output
+    names = json.loads(listed.stdout)
+    assert {"demo", "fox-matrix", "mine"} <= set(names)
+    assert names["mine"] == str(mine / "mine.yaml")
+    done = runner.invoke(app, ["pack", "count", "fox-matrix"])
+    assert done.exit_code == 0, done.output
+    assert done.stdout.strip() == "6"
+    assert runner.invoke(app, ["pack", "count", "mine"]).stdout.strip() == "4"
+    missing = runner.invoke(app, ["pack", "count", "no-such-pack"])
+    assert missing.exit_code == 2
