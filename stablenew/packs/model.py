@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from stablenew.records import MAX_SEED, SeedPolicy, StageType
 
@@ -105,6 +113,21 @@ class MatrixSpec(_PackModel):
         return self
 
 
+class GridSpec(_PackModel):
+    """Which matrix slots the contact sheet (``stablenew grid``) puts on its axes."""
+
+    x: str = Field(pattern=SLOT_NAME_PATTERN, description="Matrix slot across (columns).")
+    y: str | None = Field(
+        default=None, pattern=SLOT_NAME_PATTERN, description="Matrix slot down (rows)."
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Self:
+        if self.x == self.y:
+            raise ValueError(f"x and y must be different slots, both are {self.x!r}")
+        return self
+
+
 class LoraSpec(_PackModel):
     """A LoRA applied to one prompt."""
 
@@ -191,6 +214,11 @@ class PromptPack(_PackModel):
     seed: SeedSpec = Field(default_factory=SeedSpec, description="Seed policy.")
     negative: str = Field(default="", description="Pack-wide negative, after each prompt's.")
     matrix: MatrixSpec | None = Field(default=None, description="Matrix slots.")
+    grid: GridSpec | None = Field(
+        default=None,
+        description="Contact-sheet axes, e.g. {x: style, y: season}; default: the first two "
+        "matrix slots. Other slots give one sheet per combination.",
+    )
     prompt_mode: PromptMode = Field(
         default="combinatorial",
         description="combinatorial: every choice combination; random: `variants` seeded draws.",
@@ -210,6 +238,16 @@ class PromptPack(_PackModel):
         default_factory=_default_stages, min_length=1, description="Stage chain, txt2img first."
     )
     limits: Limits = Field(default_factory=Limits, description="Safety limits.")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_names_slots(cls, grid: GridSpec | None, info: ValidationInfo) -> GridSpec | None:
+        matrix = info.data.get("matrix")
+        slots = list(matrix.slots) if isinstance(matrix, MatrixSpec) else []
+        for axis in (grid.x, grid.y) if grid else ():
+            if axis is not None and axis not in slots:
+                raise ValueError(f"{axis!r} is not a matrix slot (slots: {slots})")
+        return grid
 
     @field_validator("stages")
     @classmethod
