@@ -6,16 +6,15 @@ from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import acreate_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
 from stablenew.errors import WebUIInterrupted
 from stablenew.orchestration import cancellation
+from stablenew.orchestration.artifacts import apublish_run_artifacts
 from stablenew.orchestration.deployments import RENDER_TASK
 from stablenew.orchestration.render import (
     RETRY_DELAYS,
-    artifact_rows,
     gpu_turn,
     is_transient_failure,
     render_images,
@@ -24,6 +23,7 @@ from stablenew.orchestration.render import (
 )
 from stablenew.outputs import RunStamp
 from stablenew.records import NormalizedJobRecord
+from stablenew.settings import get_settings
 
 
 @task(
@@ -71,9 +71,11 @@ async def render_job(record: NormalizedJobRecord) -> list[dict[str, Any]] | Stat
         raise
     run = RunStamp(flow_run.get_id(), attempt=max(flow_run.get_run_count(), 1))
     outputs = write_outputs(record, images, run)
-    await acreate_table_artifact(
-        table=artifact_rows(outputs),
-        description=f"Outputs of {record.run_name} ({record.job_id})",
+    # After the GPU was released: images link to the loopback file server, which makes the
+    # thumbnails when the UI asks; the pack's keyed artifact is refreshed at most every 10 s.
+    settings = get_settings()
+    await apublish_run_artifacts(
+        record, outputs, home=settings.home, output_root=settings.resolved_output_root
     )
     logger.info("Job %s wrote %d image(s)", record.job_id, len(outputs))
     return outputs

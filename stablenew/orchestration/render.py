@@ -114,8 +114,3 @@ def write_outputs(
         }
         for w in written
     ]
-
-
-def artifact_rows(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Table rows for the run's artifact (infotext shortened: the PNG holds the full one)."""
-    return [{**row, "infotext": (row["infotext"] or "")[:300]} for row in outputs]

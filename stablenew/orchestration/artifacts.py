@@ -1,0 +1,177 @@
+"""What a render run shows in the Prefect UI: its images, and its pack's contact sheet.
+
+Measured against Prefect 3.8's UI (bench/screenshots.py): a markdown artifact renders an
+image given by a ``http://127.0.0.1:...`` URL, by a ``data:`` URI, and by an ``<img>`` tag.
+Runs link their images at the loopback file server (:mod:`stablenew.gallery.serve`), which
+makes the thumbnail when the UI first asks for it: the worker only writes a few lines of
+markdown, so a run's artifact costs the GPU path nothing more than the table it replaces.
+Without a running file server the artifact lists paths and says how to start one.
+
+Each pack also has a keyed artifact (``pack-<pack id>``, listed on the Artifacts page) with
+its contact sheet and gallery links; the worker updates it at most every
+:data:`PACK_ARTIFACT_INTERVAL` seconds per pack, and the ``run`` command at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stablenew.gallery.catalog import GRID_DIR, pack_dir
+from stablenew.gallery.serve import running_server_url, url_for
+from stablenew.gallery.thumbs import thumb_path
+from stablenew.outputs import LATEST
+from stablenew.records import NormalizedJobRecord
+
+PACK_ARTIFACT_INTERVAL = 10.0  # seconds between a worker's updates of one pack's artifact
+_last_pack_update: dict[str, float] = {}
+_throttle_lock = threading.Lock()
+
+
+def pack_artifact_key(pack_id: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "pack-" + re.sub(r"[^a-z0-9-]+", "-", pack_id.lower()).strip("-")
+
+
+def _md(text: str) -> str:
+    """Text safe inside markdown (no markup, no HTML)."""
+    return re.sub(r"([\\`*_{}\[\]()<>#+!|])", r"\\\1", text.replace("\n", " "))
+
+
+def run_artifact_markdown(
+    record: NormalizedJobRecord,
+    outputs: Sequence[dict[str, Any]],
+    *,
+    server_url: str | None,
+    output_root: Path,
+) -> str:
+    """Markdown for one run: thumbnails (linking the full PNG) when a file server runs."""
+    root = output_root.resolve()
+    lines = [f"### {_md(record.run_name)}", "", f"**Prompt:** {_md(record.prompt)}", ""]
+    if record.matrix_slot_values:
+        slots = ", ".join(f"{k} = {v}" for k, v in record.matrix_slot_values.items())
+        lines += [f"**Slots:** {_md(slots)}", ""]
+    images = []
+    for out in outputs:
+        path = Path(out["path"])
+        full = url_for(server_url, root, path) if server_url else None
+        thumb = url_for(server_url, root, thumb_path(path)) if server_url else None
+        if full and thumb:
+            images.append(f"[![seed {out.get('seed')}]({thumb})]({full})")
+    if images:
+        lines += [" ".join(images), ""]
+    lines += ["| image | seed | size |", "|---|---|---|"]
+    lines += [
+        f"| `{out['path']}` | {out.get('seed')} | {out.get('size') or ''} |" for out in outputs
+    ]
+    lines += ["", f"Model `{record.model}`. Details: `stablenew explain {record.job_id}`"]
+    if not server_url:
+        lines += ["", "Images show here while `stablenew gallery --serve` (or the stack) runs."]
+    return "\n".join(lines)
+
+
+def _jobs_on_disk(directory: Path) -> int:
+    try:
+        return sum(
+            1
+            for e in os.scandir(directory)
+            if not e.name.startswith(("_", ".")) and os.path.lexists(Path(e.path) / LATEST)
+        )
+    except OSError:
+        return 0
+
+
+def pack_artifact_markdown(
+    pack_id: str,
+    *,
+    server_url: str | None,
+    output_root: Path,
+    expected_jobs: int | None = None,
+) -> str:
+    """Markdown for a pack: its contact sheet(s), the gallery link and how far it got."""
+    root = output_root.resolve()
+    directory = pack_dir(root, pack_id)
+    done = _jobs_on_disk(directory)
+    of = f" of {expected_jobs}" if expected_jobs is not None else ""
+    lines = [f"## Pack {_md(pack_id)}", "", f"{done}{of} job(s) with images on disk.", ""]
+    sheets = sorted((directory / GRID_DIR).glob("sheet*.png")) or [
+        directory / GRID_DIR / "sheet.png"
+    ]
+    if server_url:
+        for sheet in sheets:
+            url = url_for(server_url, root, sheet)
+            lines += [f"[![contact sheet]({url})]({url})", ""]
+        gallery = url_for(server_url, root, directory / "index.html")
+        lines += [f"**Gallery:** [{gallery}]({gallery})", ""]
+    else:
+        lines += [
+            f"Gallery: `{directory / 'index.html'}`; contact sheet: `stablenew grid {pack_id}`; "
+            f"serve both to see them here: `stablenew gallery {pack_id} --serve`.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def pack_artifact_due(pack_id: str, *, now: float | None = None) -> bool:
+    """True at most once per :data:`PACK_ARTIFACT_INTERVAL` per pack in this process."""
+    now = time.monotonic() if now is None else now
+    with _throttle_lock:
+        last = _last_pack_update.get(pack_id)
+        if last is not None and now - last < PACK_ARTIFACT_INTERVAL:
+            return False
+        _last_pack_update[pack_id] = now
+        return True
+
+
+async def apublish_run_artifacts(
+    record: NormalizedJobRecord,
+    outputs: Sequence[dict[str, Any]],
+    *,
+    home: Path,
+    output_root: Path,
+    force_pack: bool = False,
+) -> None:
+    """Create the run's markdown artifact, and the pack's keyed one when due (in a flow run)."""
+    from prefect.artifacts import acreate_markdown_artifact
+
+    server = running_server_url(home, output_root)
+    await acreate_markdown_artifact(
+        markdown=run_artifact_markdown(record, outputs, server_url=server, output_root=output_root),
+        description=f"Outputs of {record.run_name} ({record.job_id})",
+    )
+    if force_pack or pack_artifact_due(record.pack_id):
+        await apublish_pack_artifact(record.pack_id, home=home, output_root=output_root)
+
+
+async def apublish_pack_artifact(
+    pack_id: str, *, home: Path, output_root: Path, expected_jobs: int | None = None
+) -> Any:
+    """Create (a new version of) the pack's keyed artifact; returns it.
+
+    Works inside a flow run (the version is linked to it) and outside one (the ``run``
+    command at the end), through the client: Prefect deprecates its artifact helpers
+    outside a run.
+    """
+    from prefect.client.schemas.actions import ArtifactCreate
+    from prefect.context import FlowRunContext
+
+    from stablenew.orchestration._prefect import prefect_client
+
+    ctx = FlowRunContext.get()
+    server = running_server_url(home, output_root)
+    artifact = ArtifactCreate(
+        key=pack_artifact_key(pack_id),
+        type="markdown",
+        data=pack_artifact_markdown(
+            pack_id, server_url=server, output_root=output_root, expected_jobs=expected_jobs
+        ),
+        description=f"Contact sheet and gallery of pack {pack_id}",
+        flow_run_id=ctx.flow_run.id if ctx is not None and ctx.flow_run is not None else None,
+    )
+    async with prefect_client() as client:
+        return await client.create_artifact(artifact)
