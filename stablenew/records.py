@@ -12,7 +12,14 @@ import hashlib
 import json
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 BUILDER_VERSION = "1"
 RECORD_SCHEMA_VERSION: Literal[1] = 1
@@ -37,6 +44,50 @@ def _check_size(width: int, height: int, where: str) -> None:
             raise ValueError(f"{where}{label} must be a multiple of 8 in 64..8192, got {v}")
 
 
+class ScriptRef(_Frozen):
+    """A selectable WebUI script (``script_name`` / ``script_args``), e.g. SD upscale."""
+
+    name: str = Field(min_length=1, description="Script title, matched ignoring case.")
+    args: tuple[Any, ...] = Field(default=(), description="The script's args, in its order.")
+
+
+class AlwaysOnScript(_Frozen):
+    """One ``alwayson_scripts`` entry (an extension such as ControlNet or ADetailer)."""
+
+    args: tuple[Any, ...] = Field(default=(), description="Passed to the script as given.")
+
+
+class HiresFix(_Frozen):
+    """Hires fix of a txt2img stage (A1111 ``enable_hr`` and its ``hr_*`` fields)."""
+
+    scale: float = Field(default=2.0, gt=0, le=8, description="hr_scale (unless resized).")
+    resize_x: int = Field(default=0, ge=0, le=8192, description="hr_resize_x; 0: use scale.")
+    resize_y: int = Field(default=0, ge=0, le=8192, description="hr_resize_y; 0: use scale.")
+    upscaler: str = Field(default="Latent", min_length=1, description="hr_upscaler.")
+    steps: int = Field(default=0, ge=0, le=500, description="Second-pass steps; 0: same.")
+    denoising_strength: float = Field(default=0.7, ge=0, le=1, description="Second pass.")
+    sampler: str | None = Field(default=None, description="hr_sampler_name; unset: same.")
+    scheduler: str | None = Field(default=None, description="hr_scheduler; unset: same.")
+    checkpoint: str | None = Field(default=None, description="hr_checkpoint_name.")
+    prompt: str | None = Field(default=None, description="hr_prompt; unset: same prompt.")
+    negative_prompt: str | None = Field(default=None, description="hr_negative_prompt.")
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """The second pass's size, as A1111 computes it from the first pass's."""
+        if self.resize_x == 0 and self.resize_y == 0:
+            return int(width * self.scale), int(height * self.scale)
+        if self.resize_y == 0:
+            return self.resize_x, self.resize_x * height // width
+        if self.resize_x == 0:
+            return self.resize_y * width // height, self.resize_y
+        return self.resize_x, self.resize_y
+
+
+# Stage fields that are left out of a dump while unset, so records that do not use them keep
+# the bytes (and job ids) they had before the fields existed.
+_OPTIONAL_STAGE_FIELDS = ("hires", "script", "alwayson_scripts")
+
+
 class StageSpec(_Frozen):
     """One WebUI call of the chain, with every parameter resolved.
 
@@ -54,6 +105,28 @@ class StageSpec(_Frozen):
     denoising_strength: float | None = Field(default=None, gt=0, le=1)
     upscaler: str | None = Field(default=None, description="Upscaler name (extras).")
     scale: float | None = Field(default=None, gt=0, le=8)
+    hires: HiresFix | None = Field(default=None, description="txt2img only: hires fix.")
+    script: ScriptRef | None = Field(default=None, description="A selectable script.")
+    alwayson_scripts: dict[str, AlwaysOnScript] | None = Field(
+        default=None, description="Always-on scripts (extensions) by title."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in _OPTIONAL_STAGE_FIELDS:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """The size a generation stage's images come out at (hires fix included)."""
+        if self.width is None or self.height is None:
+            return None
+        if self.hires is not None:
+            return self.hires.output_size(self.width, self.height)
+        return self.width, self.height
 
     @model_validator(mode="after")
     def _complete_for_type(self) -> Self:
@@ -70,6 +143,10 @@ class StageSpec(_Frozen):
             raise ValueError("img2img stage needs denoising_strength in (0, 1]")
         if self.type == "upscale" and (self.upscaler is None or self.scale is None):
             raise ValueError("upscale stage needs upscaler and scale")
+        if self.hires is not None and self.type != "txt2img":
+            raise ValueError(f"hires fix belongs to a txt2img stage, not {self.type}")
+        if self.type == "upscale" and (self.script or self.alwayson_scripts):
+            raise ValueError("an upscale stage takes no script or alwayson_scripts")
         return self
 
 

@@ -46,6 +46,7 @@ PER_JOB_FIELDS = frozenset(
     }
 )
 Loc = tuple[str | int, ...]
+_PASS_THROUGH = ("hires", "script", "alwayson_scripts")
 
 
 @dataclass(frozen=True)
@@ -202,8 +203,13 @@ def _stages(
     pixels = 0.0
     ok = True
     for j, stage in enumerate(spec.stages):
-        overrides = stage.model_dump(exclude_none=True)
+        # Script args and hires settings pass through as written (None inside them included).
+        passed = {k: getattr(stage, k) for k in _PASS_THROUGH if getattr(stage, k) is not None}
+        overrides = stage.model_dump(exclude_none=True, exclude=set(_PASS_THROUGH))
         fields = overrides if stage.type == "upscale" else merge_settings(base, overrides)
+        fields.update(
+            (k, v.model_dump() if k != "alwayson_scripts" else _dump(v)) for k, v in passed.items()
+        )
         try:
             resolved = StageSpec.model_validate(fields)
         except ValidationError as e:
@@ -214,7 +220,8 @@ def _stages(
         if resolved.type == "upscale":
             pixels *= (resolved.scale or 1.0) ** 2
         else:
-            pixels = float((resolved.width or 0) * (resolved.height or 0))
+            w, h = resolved.output_size or (0, 0)
+            pixels = float(w * h)
         if pixels > max_pixels:
             where = _size_source(pack, i, j, prompt, stage.type)
             issues.add(
@@ -228,10 +235,14 @@ def _stages(
     return tuple(out) if ok else None
 
 
+def _dump(scripts: Mapping[str, Any]) -> dict[str, Any]:
+    return {title: spec.model_dump() for title, spec in scripts.items()}
+
+
 def _size_source(pack: LoadedPack, i: int, j: int, prompt: PromptSpec, kind: str) -> Loc:
     """Where the offending size was set: the stage, the prompt, or the pack defaults."""
     stage = pack.spec.stages[j]
-    if stage.width or stage.height or kind == "upscale":
+    if stage.width or stage.height or stage.hires or kind == "upscale":
         return ("stages", j)
     if prompt.settings.width or prompt.settings.height:
         return ("prompts", i, "settings")

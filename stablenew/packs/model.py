@@ -157,6 +157,49 @@ class PromptSpec(_PackModel):
     )
 
 
+class ScriptSpec(_PackModel):
+    """A selectable WebUI script for the stage (A1111 ``script_name`` / ``script_args``)."""
+
+    name: str = Field(
+        min_length=1, description="Script title as the WebUI lists it, e.g. 'SD upscale'."
+    )
+    args: list[Any] = Field(
+        default_factory=list, description="The script's args, in its order (see /script-info)."
+    )
+
+
+class AlwaysOnSpec(_PackModel):
+    """Args of one always-on script (an extension such as ControlNet or ADetailer)."""
+
+    args: list[Any] = Field(default_factory=list, description="Passed to the script as given.")
+
+
+class HiresSpec(_PackModel):
+    """Hires fix of the txt2img stage: a second pass at a larger size (A1111 ``enable_hr``)."""
+
+    scale: float = Field(default=2.0, gt=0, le=8, description="Upscale factor (hr_scale).")
+    resize_x: int = Field(
+        default=0, ge=0, le=8192, description="Target width (hr_resize_x); 0: use scale."
+    )
+    resize_y: int = Field(
+        default=0, ge=0, le=8192, description="Target height (hr_resize_y); 0: use scale."
+    )
+    upscaler: str = Field(
+        default="Latent", min_length=1, description="hr_upscaler: a latent mode or an upscaler."
+    )
+    steps: int = Field(
+        default=0, ge=0, le=500, description="Second-pass steps; 0: as many as the first pass."
+    )
+    denoising_strength: float = Field(
+        default=0.7, ge=0, le=1, description="Denoising strength of the second pass."
+    )
+    sampler: str | None = Field(default=None, description="Second-pass sampler; unset: same.")
+    scheduler: str | None = Field(default=None, description="Second-pass scheduler; unset: same.")
+    checkpoint: str | None = Field(default=None, description="Second-pass checkpoint.")
+    prompt: str | None = Field(default=None, description="Second-pass prompt; unset: same.")
+    negative_prompt: str | None = Field(default=None, description="Second-pass negative prompt.")
+
+
 class StageOverride(_SamplingSettings):
     """One stage of the chain; unset keys come from the prompt's merged settings."""
 
@@ -169,6 +212,16 @@ class StageOverride(_SamplingSettings):
     )
     scale: float | None = Field(
         default=None, gt=0, le=8, description="upscale only, required: factor, e.g. 2."
+    )
+    hires: HiresSpec | None = Field(
+        default=None, description="txt2img only: hires fix (sent as enable_hr and hr_*)."
+    )
+    script: ScriptSpec | None = Field(
+        default=None, description="txt2img/img2img: a selectable script, e.g. SD upscale."
+    )
+    alwayson_scripts: dict[Annotated[str, Field(min_length=1)], AlwaysOnSpec] | None = Field(
+        default=None,
+        description="txt2img/img2img: always-on scripts by title, e.g. ControlNet: {args: [...]}.",
     )
 
     @model_validator(mode="after")
@@ -185,6 +238,10 @@ class StageOverride(_SamplingSettings):
             raise ValueError(f"upscaler/scale belong to an upscale stage, not {self.type}")
         if self.type != "img2img" and self.denoising_strength is not None:
             raise ValueError(f"denoising_strength belongs to an img2img stage, not {self.type}")
+        if self.hires is not None and self.type != "txt2img":
+            raise ValueError(f"hires belongs to a txt2img stage, not {self.type}")
+        if self.type == "upscale" and (self.script is not None or self.alwayson_scripts):
+            raise ValueError("an upscale stage takes no script or alwayson_scripts")
         return self
 
 

@@ -203,6 +203,13 @@ class WebUIClient:
         loaded now (an SD 1.5 embedding while SDXL is loaded), but exist."""
         return self._json_object("GET", "/embeddings", None, None)
 
+    def script_info(self) -> list[dict[str, Any]]:
+        """``GET /script-info``: every script per tab, with ``is_alwayson`` / ``is_img2img``."""
+        return self._json_list("/script-info")
+
+    def latent_upscale_modes(self) -> list[dict[str, Any]]:
+        return self._json_list("/latent-upscale-modes")
+
     def sd_vae(self) -> list[dict[str, Any]]:
         """VAEs; Forge has no ``/sd-vae`` and lists them (with text encoders) at ``/sd-modules``."""
         try:
@@ -362,7 +369,8 @@ class WebUIClient:
         ``job_timestamp`` equals the one in our ``info``. The progress call is lock-free; if it
         fails the answer counts as complete.
         """
-        if payload.get("send_images", True) is not False:
+        # A selectable script decides how many images come back (grids, tiles, loops).
+        if payload.get("send_images", True) is not False and not payload.get("script_name"):
             expected = int(payload.get("batch_size") or 1) * int(payload.get("n_iter") or 1)
             got = len(result.images) - int(result.info.get("index_of_first_image") or 0)
             if got < expected:

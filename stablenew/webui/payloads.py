@@ -55,10 +55,52 @@ def _generation_fields(record: NormalizedJobRecord, stage: StageSpec) -> dict[st
     }
 
 
+def _script_fields(stage: StageSpec) -> dict[str, Any]:
+    """``script_name``/``script_args`` and ``alwayson_scripts``, only when the stage has them."""
+    body: dict[str, Any] = {}
+    if stage.script is not None:
+        body["script_name"] = stage.script.name
+        body["script_args"] = list(stage.script.args)
+    if stage.alwayson_scripts:
+        body["alwayson_scripts"] = {
+            title: {"args": list(spec.args)} for title, spec in stage.alwayson_scripts.items()
+        }
+    return body
+
+
+def hires_fields(stage: StageSpec) -> dict[str, Any]:
+    """``enable_hr`` and the ``hr_*`` fields of a txt2img stage with hires fix (else ``{}``).
+
+    ``denoising_strength`` is always sent: A1111's API model defaults it to ``None`` for
+    txt2img (reference §3.0), which a hires pass cannot use.
+    """
+    hr = stage.hires
+    if hr is None:
+        return {}
+    body: dict[str, Any] = {
+        "enable_hr": True,
+        "hr_scale": hr.scale,
+        "hr_resize_x": hr.resize_x,
+        "hr_resize_y": hr.resize_y,
+        "hr_upscaler": hr.upscaler,
+        "hr_second_pass_steps": hr.steps,
+        "denoising_strength": hr.denoising_strength,
+    }
+    optional = {
+        "hr_sampler_name": hr.sampler,
+        "hr_scheduler": hr.scheduler,
+        "hr_checkpoint_name": hr.checkpoint,
+        "hr_prompt": hr.prompt,
+        "hr_negative_prompt": hr.negative_prompt,
+    }
+    body.update((k, v) for k, v in optional.items() if v is not None)
+    return body
+
+
 def build_txt2img_request(record: NormalizedJobRecord, stage: StageSpec) -> dict[str, Any]:
     """Body of ``POST /sdapi/v1/txt2img`` for a txt2img stage of ``record``."""
     _expect(stage, "txt2img")
-    return _generation_fields(record, stage)
+    return {**_generation_fields(record, stage), **hires_fields(stage), **_script_fields(stage)}
 
 
 def build_img2img_request(
@@ -78,6 +120,7 @@ def build_img2img_request(
         resize_mode=0,
         include_init_images=False,
     )
+    body.update(_script_fields(stage))
     return body
 
 

@@ -10,11 +10,8 @@ time (:func:`check_record`, in the worker) and per pack before anything is queue
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,177 +20,27 @@ from stablenew.errors import PackError, PackIssue, WebUIRequestRejected
 from stablenew.packs import LoadedPack, load_pack
 from stablenew.packs._yaml import Loc, YamlProblem, dotted, parse_yaml, read_pack_bytes
 from stablenew.records import NormalizedJobRecord
-from stablenew.webui.client import QUICK_READ_TIMEOUT, WebUIClient
-
-# What each kind of name is called in messages, and the WebUI list it is checked against.
-CHECKPOINT, VAE, SAMPLER, SCHEDULER, UPSCALER, LORA, EMBEDDING = (
-    "checkpoint",
-    "VAE",
-    "sampler",
-    "scheduler",
-    "upscaler",
-    "LoRA",
-    "embedding",
+from stablenew.webui._inventory import (
+    _SETTING_KINDS,
+    _STAGE_KINDS,
+    EMBEDDING,
+    LORA,
+    WebUIInventory,
+    _record_uses,
+    _script_uses,
+    _Use,
+    fetch_inventory,
 )
-# Pack keys that hold a name, per settings layer (defaults / prompt settings / stage).
-_SETTING_KINDS = {"model": CHECKPOINT, "vae": VAE, "sampler": SAMPLER, "scheduler": SCHEDULER}
-_STAGE_KINDS = {"sampler": SAMPLER, "scheduler": SCHEDULER, "upscaler": UPSCALER}
-# The WebUIInventory attribute that lists each kind.
-_KNOWN = {
-    CHECKPOINT: "models",
-    VAE: "vaes",
-    SAMPLER: "samplers",
-    SCHEDULER: "schedulers",
-    UPSCALER: "upscalers",
-    LORA: "loras",
-    EMBEDDING: "embeddings",
-}
+from stablenew.webui.client import WebUIClient
 
-
-def _basename(path: str) -> str:
-    return re.split(r"[\\/]", path)[-1]
-
-
-@dataclass(frozen=True, slots=True)
-class WebUIInventory:
-    """Names the WebUI accepts, as it lists them.
-
-    Samplers and schedulers are kept exactly as listed: A1111 1.10 matches them by exact
-    display name (no aliases, case counts) and silently falls back to another for anything
-    else. The other lists are lower-cased and matched ignoring case. ``embeddings`` is
-    ``None`` when the WebUI has no embeddings list (then they are not checked); ``listed``
-    keeps the names as the WebUI spells them, per kind, for suggestions; ``url`` is the
-    WebUI's (credentials removed).
-    """
-
-    models: frozenset[str]
-    samplers: frozenset[str]
-    schedulers: frozenset[str]
-    upscalers: frozenset[str]
-    vaes: frozenset[str]
-    loras: frozenset[str]
-    embeddings: frozenset[str] | None = None
-    listed: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
-    url: str = field(default="", compare=False)
-
-    @classmethod
-    def fetch(cls, client: WebUIClient) -> WebUIInventory:
-        models: set[str] = set()
-        shown: dict[str, list[str]] = {kind: [] for kind in _KNOWN}
-        for m in client.sd_models():
-            title = str(m.get("title") or "")
-            file = _basename(str(m.get("filename") or ""))
-            name = str(m.get("model_name") or "")
-            models.update(
-                {
-                    title,
-                    title.split(" [")[0],
-                    name,
-                    str(m.get("hash") or ""),
-                    str(m.get("sha256") or ""),
-                    file,
-                    file.rsplit(".", 1)[0],
-                }
-            )
-            shown[CHECKPOINT] += [name, title.split(" [")[0]]
-        samplers = {str(s.get("name") or "") for s in client.samplers()}
-        shown[SAMPLER] = sorted(samplers)
-        schedulers: set[str] = set()
-        for s in client.schedulers():
-            schedulers.update({str(s.get("name") or ""), str(s.get("label") or "")})
-            schedulers.update(str(a) for a in (s.get("aliases") or []))
-            shown[SCHEDULER].append(str(s.get("label") or ""))
-        upscalers = {str(u.get("name") or "") for u in client.upscalers()}
-        shown[UPSCALER] = sorted(upscalers)
-        vaes = {"automatic", "none"}
-        for v in client.sd_vae():
-            # A1111 lists a VAE under its file name, the simulator under its stem: take both.
-            file = _basename(str(v.get("filename") or ""))
-            vaes.update({str(v.get("model_name") or ""), str(v.get("filename") or ""), file})
-            shown[VAE] += [str(v.get("model_name") or ""), file]
-        loras: set[str] = set()
-        for lora in client.loras():
-            loras.update({str(lora.get("name") or ""), str(lora.get("alias") or "")})
-            shown[LORA] += [str(lora.get("name") or ""), str(lora.get("alias") or "")]
-        embeddings = _embeddings(client)
-        shown[EMBEDDING] = sorted(embeddings or ())
-        shown[SAMPLER] += [f"{s} {label}" for s in shown[SAMPLER] for label in shown[SCHEDULER]]
-
-        def norm(values: Iterable[str]) -> frozenset[str]:
-            return frozenset(v.lower() for v in values if v)
-
-        return cls(
-            norm(models),
-            frozenset(samplers - {""}),
-            frozenset(schedulers - {""}),
-            norm(upscalers),
-            norm(vaes),
-            norm(loras),
-            None if embeddings is None else norm(embeddings),
-            {kind: tuple(dict.fromkeys(n for n in names if n)) for kind, names in shown.items()},
-            client.base_url,
-        )
-
-    def knows(self, kind: str, name: str) -> bool:
-        """Whether the WebUI has ``name`` in its ``kind`` list (see the class for case)."""
-        if kind == SAMPLER:
-            return name in self.samplers or any(
-                # "DPM++ 2M Karras": A1111 splits a trailing scheduler label off the name.
-                name.endswith(" " + s) and name[: -len(s) - 1] in self.samplers
-                for s in self.schedulers
-            )
-        if kind == SCHEDULER:
-            return name in self.schedulers
-        known = getattr(self, _KNOWN[kind])
-        return known is None or name.lower() in known
-
-    def suggest(self, kind: str, name: str) -> str | None:
-        """The listed name nearest to ``name``, if one is close enough."""
-        candidates = {n.lower(): n for n in reversed(self.listed.get(kind, ()))}
-        hint = difflib.get_close_matches(name.lower(), list(candidates), n=1, cutoff=0.6)
-        return candidates[hint[0]] if hint else None
-
-    def did_you_mean(self, kind: str, name: str) -> str:
-        """``"; did you mean 'y'?"`` for the nearest listed name, or ``""``."""
-        hint = self.suggest(kind, name)
-        return f"; did you mean {hint!r}?" if hint else ""
-
-    def problems(self, record: NormalizedJobRecord) -> list[tuple[str, str]]:
-        """(field, message) for every name in ``record`` the WebUI does not know."""
-        found: list[tuple[str, str]] = []
-        for use in _record_uses(record):
-            if not self.knows(use.kind, use.name):
-                hint = self.did_you_mean(use.kind, use.name)
-                found.append((use.field, f"{use.kind} {use.name!r} is not on the WebUI{hint}"))
-        return found
-
-
-def _embeddings(client: WebUIClient) -> set[str] | None:
-    try:
-        data = client.embeddings()
-    except WebUIRequestRejected as e:
-        if e.status == 404:  # a WebUI without the list: embeddings are not checked
-            return None
-        raise
-    names: set[str] = set()
-    for group in ("loaded", "skipped"):
-        entries = data.get(group)
-        if isinstance(entries, Mapping):
-            names.update(str(n) for n in entries)
-    return names
-
-
-def fetch_inventory(
-    url: str, *, auth: tuple[str, str] | None = None, timeout: float = QUICK_READ_TIMEOUT
-) -> WebUIInventory:
-    """The lists of the WebUI at ``url``; :class:`WebUIError` (naming the URL) if it fails.
-
-    The list endpoints never wait for the generation lock, so a short read timeout is right.
-    """
-    with WebUIClient(
-        url, auth=auth, connect_timeout=min(5.0, timeout), read_timeout=timeout
-    ) as client:
-        return WebUIInventory.fetch(client)
+__all__ = [
+    "WebUIInventory",
+    "build_and_check",
+    "check_names",
+    "check_pack_file_names",
+    "check_record",
+    "fetch_inventory",
+]
 
 
 def check_record(
@@ -211,39 +58,6 @@ def check_record(
 
 
 # -- names of a whole pack ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Use:
-    """A name a record (or pack file) uses, and where in the pack it may be written."""
-
-    kind: str
-    name: str
-    field: str  # the record's field, as the run-time check names it
-    row: int = 0
-    job: str = ""
-    where: tuple[Loc, ...] = ()  # places in the pack file, most specific first
-
-
-def _layers(row: int, key: str) -> tuple[Loc, ...]:
-    return (("prompts", row, "settings", key), ("defaults", key))
-
-
-def _record_uses(record: NormalizedJobRecord) -> Iterator[_Use]:
-    i, job = record.row_index, record.job_id
-    yield _Use(CHECKPOINT, record.model, "model", i, job, _layers(i, "model"))
-    if record.vae:
-        yield _Use(VAE, record.vae, "vae", i, job, _layers(i, "vae"))
-    for k, lora in enumerate(record.loras):
-        yield _Use(LORA, lora.name, "loras", i, job, (("prompts", i, "loras", k, "name"),))
-    for k, name in enumerate(record.embeddings):
-        yield _Use(EMBEDDING, name, "embeddings", i, job, (("prompts", i, "embeddings", k),))
-    for j, stage in enumerate(record.stages):
-        for key, kind in _STAGE_KINDS.items():
-            value = getattr(stage, key)
-            if value:
-                where = (("stages", j, key),) + (() if key == "upscaler" else _layers(i, key))
-                yield _Use(kind, value, f"stages[{j}].{key}", i, job, where)
 
 
 def _document_uses(data: Any) -> Iterator[_Use]:
@@ -270,6 +84,12 @@ def _document_uses(data: Any) -> Iterator[_Use]:
     for j in range(len(stages) if isinstance(stages, list) else 0):
         for key, kind in _STAGE_KINDS.items():
             yield from at(("stages", j, key), kind)
+        tab = _value_at(data, ("stages", j, "type"))
+        alwayson = _value_at(data, ("stages", j, "alwayson_scripts"))
+        if tab in ("txt2img", "img2img"):
+            script = _value_at(data, ("stages", j, "script"))
+            keyed = alwayson if isinstance(alwayson, Mapping) else None
+            yield from _script_uses(str(tab), j, script, keyed)
 
 
 def _value_at(node: Any, loc: Loc) -> Any:
@@ -299,7 +119,14 @@ def _issues(
     for use in uses:
         if inventory.knows(use.kind, use.name):
             continue
-        loc = next((w for w in use.where if _value_at(root, w) == use.name), None)
+        loc = next(
+            (
+                w
+                for w in use.where
+                if _value_at(root, w) == use.name or (use.keyed and _value_at(root, w) is not None)
+            ),
+            None,
+        )
         key = (use.kind, use.name, dotted(loc) if loc is not None else use.field)
         _, rows, job_ids = found.setdefault(key, (loc, set(), set()))
         rows.add(use.row)

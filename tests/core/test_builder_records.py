@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from stablenew.builder import build_jobs
+from stablenew.errors import PackError
 from stablenew.records import MAX_SEED, NormalizedJobRecord
 
 WritePack = Callable[..., Path]
@@ -126,3 +127,39 @@ def test_build_streams_lazily(write_pack: WritePack) -> None:
     jobs = build_jobs(path, generation_defaults={})  # a million jobs: nothing built yet
     first = list(itertools.islice(jobs, 3))
     assert [r.batch_index for r in first] == [0, 1, 2]
+
+
+def test_hires_scripts_and_extensions_reach_the_record(write_pack: WritePack) -> None:
+    path = write_pack(
+        """
+        pack: ext
+        defaults: {width: 512, height: 512}
+        limits: {max_megapixels: 1.0}
+        prompts:
+          - text: a fox
+        stages:
+          - type: txt2img
+            hires: {scale: 1.5, denoising_strength: 0.4}
+            alwayson_scripts:
+              ADetailer: {args: [true, false, {ad_model: face_yolov8n.pt, ad_prompt: null}]}
+          - type: img2img
+            denoising_strength: 0.3
+            script: {name: SD upscale, args: ["", 8, Lanczos, 2.0]}
+        """
+    )
+    (record,) = build_jobs(path, generation_defaults={})
+    txt2img, img2img = record.stages
+    assert txt2img.hires is not None
+    assert txt2img.hires.scale == 1.5
+    assert txt2img.alwayson_scripts is not None
+    assert txt2img.alwayson_scripts["ADetailer"].args[2] == {
+        "ad_model": "face_yolov8n.pt",
+        "ad_prompt": None,  # passed through as written, None included
+    }
+    assert img2img.script is not None
+    assert img2img.script.name == "SD upscale"
+    assert img2img.hires is None
+    too_big = path.read_text().replace("scale: 1.5", "scale: 2.5")
+    path.write_text(too_big)
+    with pytest.raises(PackError, match=r"stage 0 \(txt2img\) makes 1\.64 MP"):
+        list(build_jobs(path, generation_defaults={}))

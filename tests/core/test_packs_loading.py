@@ -210,3 +210,57 @@ def test_json_schema_documents_every_field() -> None:
     for model, definition in schema["$defs"].items():
         for name, prop in definition["properties"].items():
             assert prop.get("description"), f"{model}.{name}"
+
+
+def test_stage_scripts_extensions_and_hires_load(write_pack: WritePack) -> None:
+    path = write_pack(
+        """
+        pack: ext
+        prompts:
+          - text: a fox
+        stages:
+          - type: txt2img
+            hires: {scale: 2, upscaler: R-ESRGAN 4x+, steps: 10, denoising_strength: 0.4}
+            alwayson_scripts:
+              ControlNet: {args: [{module: canny, weight: 0.5}]}
+          - type: img2img
+            denoising_strength: 0.3
+            script: {name: SD upscale, args: ["", 8, Lanczos, 2.0]}
+        """
+    )
+    stages = load_pack(path).spec.stages
+    assert stages[0].hires is not None
+    assert stages[0].hires.upscaler == "R-ESRGAN 4x+"
+    assert stages[0].alwayson_scripts is not None
+    assert stages[0].alwayson_scripts["ControlNet"].args == [{"module": "canny", "weight": 0.5}]
+    assert stages[1].script is not None
+    assert stages[1].script.args == ["", 8, "Lanczos", 2.0]
+
+
+@pytest.mark.parametrize(
+    ("stage", "field"),
+    [
+        ("{type: img2img, denoising_strength: 0.5, hires: {scale: 2}}", "stages[1]"),
+        ("{type: img2img, denoising_strength: 0.5, alwayson_scripts: {CN: {args: 3}}}",
+         "stages[1].alwayson_scripts.CN.args"),
+        ("{type: img2img, denoising_strength: 0.5, alwayson_scripts: {CN: {unit: 1}}}",
+         "stages[1].alwayson_scripts.CN.unit"),
+        ("{type: upscale, upscaler: Lanczos, scale: 2, script: {name: Loopback}}", "stages[1]"),
+        ("{type: img2img, denoising_strength: 0.5, script: {args: [1]}}",
+         "stages[1].script.name"),
+    ],
+)  # fmt: skip
+def test_stage_scripts_and_hires_are_validated(
+    write_pack: WritePack, stage: str, field: str
+) -> None:
+    path = write_pack(
+        f"""
+        pack: ext
+        prompts:
+          - text: a fox
+        stages:
+          - type: txt2img
+          - {stage}
+        """
+    )
+    assert any(i.field == field for i in _issues(path)), [i.field for i in _issues(path)]

@@ -91,3 +91,32 @@ def test_stage_requirements_per_type() -> None:
         StageSpec(type="upscale", upscaler="Lanczos")
     ok = StageSpec(type="upscale", upscaler="Lanczos", scale=2)
     assert ok.scale == 2
+
+
+def test_stage_extras_are_left_out_of_the_content_until_used() -> None:
+    plain = NormalizedJobRecord(**_fields())
+    assert set(plain.content_dict()["stages"][0]) == {
+        "type", "sampler", "scheduler", "steps", "cfg_scale", "width", "height",
+        "denoising_strength", "upscaler", "scale",
+    }  # fmt: skip
+    stage = {
+        **_fields()["stages"][0],
+        "hires": {"scale": 1.5, "denoising_strength": 0.4},
+        "script": {"name": "X/Y/Z plot", "args": [4, "1,2", None]},
+        "alwayson_scripts": {"ControlNet": {"args": [{"module": "canny", "image": None}]}},
+    }
+    rich = NormalizedJobRecord(**_fields(stages=[stage]))
+    assert rich.job_id != plain.job_id
+    again = NormalizedJobRecord.model_validate_json(rich.model_dump_json())
+    assert again == rich
+    assert again.job_id == rich.job_id
+    assert rich.stages[0].output_size == (768, 768)
+    assert rich.content_dict()["stages"][0]["script"]["args"] == [4, "1,2", None]
+
+
+def test_hires_and_scripts_belong_to_generation_stages() -> None:
+    upscale = {"type": "upscale", "upscaler": "Lanczos", "scale": 2}
+    with pytest.raises(ValidationError, match="hires fix belongs to a txt2img stage"):
+        StageSpec(**{**upscale, "hires": {}})
+    with pytest.raises(ValidationError, match="no script or alwayson_scripts"):
+        StageSpec(**{**upscale, "script": {"name": "SD upscale"}})

@@ -251,3 +251,61 @@ def test_a_name_shared_by_several_stages_is_one_issue_counting_jobs_once(
     issues = check_names(build_jobs(pack, generation_defaults={}), inventory, source=pack)
     (sampler,) = [i for i in issues if i.field == "defaults.sampler"]
     assert "(used by 6 jobs)" in sampler.expected
+
+
+# -- scripts, extensions and hires fix --------------------------------------------------------
+
+_EXT_PACK = """\
+pack: ext
+defaults: {steps: 2, width: 64, height: 64}
+prompts:
+  - text: a fox
+stages:
+  - type: txt2img
+    hires: {scale: 1.5, upscaler: Latent (bicubic), sampler: Euler a}
+    alwayson_scripts:
+      ControlNet: {args: [{module: canny}]}
+      FaceFixer: {args: [true]}
+  - type: img2img
+    denoising_strength: 0.3
+    script: {name: SD upscale, args: ["", 8, Lanczos, 2]}
+"""
+
+
+def test_scripts_extensions_and_hires_names_are_checked(
+    tmp_path: Path, client: WebUIClient, control: Any, inventory: WebUIInventory
+) -> None:
+    assert inventory.knows("txt2img always-on script", "controlnet")
+    assert inventory.knows("img2img script", "SD upscale")
+    assert not inventory.knows("txt2img script", "SD upscale")  # img2img only
+    assert inventory.knows("hires upscaler", "Latent (bicubic)")
+    path = tmp_path / "ext.yaml"
+    path.write_text(_EXT_PACK)
+    with pytest.raises(PackError) as info:
+        build_and_check(path, inventory, generation_defaults={})
+    (issue,) = info.value.issues
+    assert issue.field == "stages[0].alwayson_scripts.FaceFixer"
+    assert issue.line == 10
+    assert "a txt2img always-on script the WebUI has, not 'FaceFixer'" in issue.expected
+    # At run time the worker's check refuses the job before any generation.
+    (record,) = build_jobs(load_pack(path), generation_defaults={})
+    with pytest.raises(WebUIRequestRejected, match="FaceFixer"):
+        check_record(client, record, inventory)
+    assert control.stats()["counters"]["requests"] == 0
+    path.write_text(_EXT_PACK.replace("FaceFixer", "ADetailer").replace("SD upscale", "Loopbak"))
+    with pytest.raises(PackError) as info:
+        build_and_check(path, inventory, generation_defaults={})
+    (issue,) = info.value.issues
+    assert issue.field == "stages[1].script.name"
+    assert issue.expected.endswith("did you mean 'loopback'?")
+    path.write_text(_EXT_PACK.replace("FaceFixer", "ADetailer"))
+    assert len(build_and_check(path, inventory, generation_defaults={})) == 1
+
+
+def test_a_webui_without_script_info_is_not_checked_for_scripts(
+    inventory: WebUIInventory,
+) -> None:
+    from dataclasses import replace
+
+    blind = replace(inventory, scripts=None)
+    assert blind.knows("txt2img always-on script", "anything")

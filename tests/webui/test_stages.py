@@ -156,3 +156,36 @@ def _wait_for_step(client: WebUIClient, step: int) -> None:
             return
         time.sleep(0.01)
     raise AssertionError(f"job never reached step {step}")
+
+
+def test_extensions_pack_renders_with_hires_scripts_and_extensions(
+    client: WebUIClient, control: Control
+) -> None:
+    from pathlib import Path
+
+    from stablenew.builder import build_jobs
+
+    pack = Path(__file__).resolve().parents[2] / "configs" / "packs" / "extensions.yaml"
+    (record,) = build_jobs(pack, generation_defaults={})
+    result = run_stages(client, record)
+    txt2img, img2img = result.stages
+    assert isinstance(txt2img.info, dict)
+    assert isinstance(img2img.info, dict)
+    first = txt2img.info["infotexts"][0]
+    assert "Size: 128x128," in first  # first pass; the hires pass makes 192x192
+    assert (
+        "Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 4, Hires upscaler: Latent"
+        in first
+    )
+    assert (
+        'ControlNet 0: "Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 0.8'
+        in first
+    )
+    assert "ADetailer model: face_yolov8n.pt" in first
+    assert "ADetailer denoising strength: 0.35" in first
+    (image,) = result.images
+    assert Image.open(io.BytesIO(image.png)).size == (384, 384)  # 192x192 through SD upscale x2
+    assert "SD upscale overlap: 16, SD upscale upscaler: Lanczos" in image.infotext
+    requests_made = describe_requests(record)
+    assert requests_made[0][1]["enable_hr"] is True
+    assert requests_made[1][1]["script_name"] == "SD upscale"

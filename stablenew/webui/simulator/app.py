@@ -85,16 +85,17 @@ def _run(sim: SimState, work: Callable[[Faults], dict[str, Any]]) -> Response:
 def _processing_routes(api: APIRouter, sim: SimState) -> None:
     @api.post("/txt2img")
     def txt2img(req: Txt2ImgRequest) -> Response:
-        engine.check_scripts(req)
+        engine.check_scripts(sim, "txt2img", req)
         return _run(sim, lambda f: engine.generate(sim, "txt2img", req, [], f))
 
     @api.post("/img2img")
     def img2img(req: Img2ImgRequest) -> Response:
         if req.init_images is None:
             raise HTTPException(status_code=404, detail="Init image not found")
-        engine.check_scripts(req)
+        engine.check_scripts(sim, "img2img", req)
         inits = engine.decode_inputs(req.init_images)
-        return _run(sim, lambda f: engine.generate(sim, "img2img", req, inits, f))
+        mask = engine.decode_inputs([req.mask])[0] if req.mask else None
+        return _run(sim, lambda f: engine.generate(sim, "img2img", req, inits, f, mask=mask))
 
     @api.post("/extra-single-image")
     def extra_single_image(req: ExtrasSingleRequest) -> Response:

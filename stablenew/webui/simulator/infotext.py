@@ -132,3 +132,16 @@ def parse_generation_parameters(text: str) -> dict[str, Any]:
     for key, default in PARSE_DEFAULTS.items():
         res.setdefault(key, default)
     return res
+
+
+def add_params(text: str, params: Mapping[str, object | None]) -> str:
+    """``text`` with ``params`` added to its parameter line, before ``Version`` (as a script's
+    ``extra_generation_params`` would place them)."""
+    entries = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
+    if not entries:
+        return text
+    head, sep, tail = text.rpartition("\n")
+    line = tail if sep else text
+    marker = f", Version: {VERSION}"
+    line = line.replace(marker, f", {entries}{marker}") if marker in line else f"{line}, {entries}"
+    return f"{head}{sep}{line}" if sep else line

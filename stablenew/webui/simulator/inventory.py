@@ -101,6 +101,23 @@ class PromptStyle(_Item):
     negative_prompt: str = ""
 
 
+class Extension(_Item):
+    """An installed extension that adds an always-on script (ControlNet, ADetailer, ...)."""
+
+    name: str = Field(description="Folder name under extensions/, e.g. 'sd-webui-controlnet'.")
+    title: str = Field(description="Title of its always-on script, e.g. 'ControlNet'.")
+    remote: str = Field(default="", description="Git remote URL.")
+    branch: str = "main"
+    version: str = Field(default="", description="Short commit or release tag.")
+    txt2img: bool = Field(default=True, description="Whether the script shows in txt2img.")
+    img2img: bool = Field(default=True, description="Whether the script shows in img2img.")
+    scripts: list[str] = Field(
+        default_factory=list, description="Selectable scripts it adds (titles); run as plain jobs."
+    )
+    models: list[str] = Field(default_factory=list, description="Models it lists (e.g. CN).")
+    modules: list[str] = Field(default_factory=list, description="Preprocessors it lists.")
+
+
 class Inventory(_Item):
     """Everything the list endpoints serve."""
 
@@ -114,6 +131,7 @@ class Inventory(_Item):
     embeddings: list[str] = Field(default_factory=list)
     prompt_styles: list[PromptStyle] = Field(default_factory=list)
     face_restorers: list[str] = Field(default_factory=list)
+    extensions: list[Extension] = Field(default_factory=list)
 
     def checkpoint(self, name: str | None) -> Checkpoint | None:
         """Exact alias match, as A1111's ``checkpoint_aliases.get``."""

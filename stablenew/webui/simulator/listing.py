@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from fastapi import APIRouter
 
+from stablenew.webui.simulator import scripts
 from stablenew.webui.simulator.inventory import MODELS_DIR
 from stablenew.webui.simulator.state import SimState
 
@@ -95,16 +97,27 @@ def add_list_routes(api: APIRouter, sim: SimState) -> None:
         return {"loaded": loaded, "skipped": {}}
 
     @api.get("/scripts")
-    def scripts() -> dict[str, list[str]]:
-        return {"txt2img": [], "img2img": []}
+    def scripts_list() -> dict[str, list[str]]:
+        return scripts.listing(inv)
 
     @api.get("/script-info")
     def script_info() -> list[dict[str, Any]]:
-        return []
+        return scripts.script_info(inv)
 
     @api.get("/extensions")
     def extensions() -> list[dict[str, Any]]:
-        return []
+        return [
+            {
+                "name": ext.name,
+                "remote": ext.remote,
+                "branch": ext.branch,
+                "commit_hash": hashlib.sha1(ext.name.encode()).hexdigest(),
+                "commit_date": 1719792000,
+                "version": ext.version,
+                "enabled": True,
+            }
+            for ext in inv.extensions
+        ]
 
     @api.get("/cmd-flags")
     def cmd_flags() -> dict[str, Any]:

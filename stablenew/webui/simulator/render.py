@@ -88,3 +88,14 @@ def thumbnail(img: Image.Image) -> bytes:
     small = img.copy()
     small.thumbnail((128, 128))
     return encode_png(small, {})
+
+
+def grid(images: list[Image.Image], *, rows: int) -> Image.Image:
+    """``images.image_grid``: ``rows`` rows, as many columns as needed, cell size of the first."""
+    rows = max(1, min(rows, len(images)))
+    cols = -(-len(images) // rows)
+    w, h = images[0].size
+    out = Image.new("RGB", (cols * w, rows * h), "black")
+    for i, img in enumerate(images):
+        out.paste(img.convert("RGB").resize((w, h)), ((i % cols) * w, (i // cols) * h))
+    return out

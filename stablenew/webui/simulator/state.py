@@ -8,7 +8,10 @@ import random
 import threading
 import time
 from dataclasses import asdict, dataclass
+from importlib import resources
 from typing import Any
+
+import yaml
 
 from stablenew.webui.simulator.config import FaultConfig, SimConfig, TimingConfig
 from stablenew.webui.simulator.fifo import FIFOLock
@@ -46,30 +49,12 @@ class Event:
 
 
 def default_options(inventory: Inventory) -> dict[str, Any]:
+    """A1111 1.10's full default option set, with the first checkpoint loaded."""
+    text = resources.files("stablenew.webui.simulator").joinpath("a1111_options.yaml")
+    options: dict[str, Any] = yaml.safe_load(text.read_text(encoding="utf-8"))
     model = inventory.models[0]
-    return {
-        "sd_model_checkpoint": model.title,
-        "sd_checkpoint_hash": model.full_sha,
-        "sd_vae": "Automatic",
-        "CLIP_stop_at_last_layers": 1,
-        "samples_format": "png",
-        "eta_noise_seed_delta": 0,
-        "randn_source": "GPU",
-        "return_grid": True,
-        "enable_pnginfo": True,
-        "add_model_hash_to_info": True,
-        "add_model_name_to_info": True,
-        "add_version_to_infotext": True,
-        "live_previews_enable": True,
-        "show_progress_every_n_steps": 10,
-        "face_restoration": False,
-        "face_restoration_model": "CodeFormer",
-        "tiling": False,
-        "api_enable_requests": True,
-        "api_forbid_local_requests": True,
-        "samples_save": True,
-        "outdir_samples": "",
-    }
+    options.update(sd_model_checkpoint=model.title, sd_checkpoint_hash=model.full_sha)
+    return options
 
 
 class SimState:
