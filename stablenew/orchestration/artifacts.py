@@ -1,7 +1,8 @@
 """What a render run shows in the Prefect UI: its images, and its pack's contact sheet.
 
 Measured against Prefect 3.8's UI (bench/screenshots.py): a markdown artifact renders an
-image given by a ``http://127.0.0.1:...`` URL, by a ``data:`` URI, and by an ``<img>`` tag.
+image given by a ``http://127.0.0.1:...`` URL, by a ``data:`` URI, and by an ``<img>`` tag,
+but not an image inside a link (``[![alt](thumb)](full)`` shows as text).
 Runs link their images at the loopback file server (:mod:`stablenew.gallery.serve`), which
 makes the thumbnail when the UI first asks for it: the worker only writes a few lines of
 markdown, so a run's artifact costs the GPU path nothing more than the table it replaces.
@@ -62,9 +63,9 @@ def run_artifact_markdown(
         full = url_for(server_url, root, path) if server_url else None
         thumb = url_for(server_url, root, thumb_path(path)) if server_url else None
         if full and thumb:
-            images.append(f"[![seed {out.get('seed')}]({thumb})]({full})")
-    if images:
-        lines += [" ".join(images), ""]
+            # Prefect's UI does not render an image inside a link: image, then the link.
+            images += [f"![seed {out.get('seed')}]({thumb})", "", f"[full PNG]({full})", ""]
+    lines += images
     lines += ["| image | seed | size |", "|---|---|---|"]
     lines += [
         f"| `{out['path']}` | {out.get('seed')} | {out.get('size') or ''} |" for out in outputs
@@ -105,7 +106,7 @@ def pack_artifact_markdown(
     if server_url:
         for sheet in sheets:
             url = url_for(server_url, root, sheet)
-            lines += [f"[![contact sheet]({url})]({url})", ""]
+            lines += [f"![contact sheet]({url})", "", f"[{sheet.name}]({url})", ""]
         gallery = url_for(server_url, root, directory / "index.html")
         lines += [f"**Gallery:** [{gallery}]({gallery})", ""]
     else:

@@ -32,7 +32,8 @@ from tests.orchestration.conftest import LiveStack, wait_for
 
 pytestmark = pytest.mark.slow
 
-_IMAGE = re.compile(r"!\[[^\]]*\]\((http://127\.0\.0\.1:\d+/[^)]+)\)")
+# An image on its own: Prefect's UI shows an image inside a link as text.
+_IMAGE = re.compile(r"(?<!\[)!\[[^\]]*\]\((http://127\.0\.0\.1:\d+/[^)]+)\)")
 
 
 @pytest.fixture
