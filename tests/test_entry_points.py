@@ -180,6 +180,9 @@ def test_one_stack_found_from_anywhere(stack_user: tuple[User, dict[str, Any]]) 
     assert marked_groups(user.data_dir) == groups
     assert (user.data_dir / STATE_FILE).is_file()
     assert Path(run["output_dir"]).is_relative_to(user.data_dir)
+    # The matrix pack's contact sheet and gallery are there when `run` returns.
+    assert (Path(run["output_dir"]) / "_grid" / "sheet.png").is_file()
+    assert Path(run["gallery"]).is_file()
     assert Path(run["history"].removeprefix("sqlite:///")).is_relative_to(user.data_dir)
 
     # A refused duplicate is bad input, and the message names the flag.
@@ -248,7 +251,7 @@ def test_down_stops_the_stack_even_without_its_state_file(tmp_path: Path) -> Non
     try:
         _json(user.cli("up", "--json", timeout=180))
         groups = marked_groups(user.data_dir)
-        assert len(groups) == 3  # Prefect server, simulator, worker
+        assert len(groups) == 4  # Prefect server, simulator, worker, gallery file server
         (user.data_dir / STATE_FILE).unlink()
         down = user.cli("down", cwd=user.there)
         assert down.returncode == 0

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -51,8 +51,12 @@ async def watch_jobs(
     webui_url: str | None,
     timeout: float | None,
     quiet: bool = False,
+    on_finished: Callable[[int], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
+    """Show progress until every run is terminal (or ``timeout``); ``on_finished`` is awaited
+    with the count of finished runs whenever it grows."""
     total = len(runs)
+    seen_finished = 0
     latest: dict[str, JobRef] = {}
     progress = Progress(
         SpinnerColumn(),
@@ -72,6 +76,9 @@ async def watch_jobs(
                 latest = snapshot
                 finished = sum(1 for ref in snapshot.values() if ref.status.is_terminal)
                 progress.update(overall, completed=finished)
+                if on_finished is not None and finished > seen_finished:
+                    seen_finished = finished
+                    await on_finished(finished)
                 running = [r for r in snapshot.values() if r.status == JobStatus.RUNNING]
                 if running:
                     steps = await _webui_steps(http, webui_url) if webui_url else None

@@ -89,6 +89,7 @@ def embedded_target(settings: Settings, *, keep: bool, quiet: bool = False) -> I
             )
         stack.start(prefect=found is None, simulator=webui_url is None)
         stack.start_worker()
+        stack.start_gallery()
         forget_located()
         assert stack.prefect_url is not None
         ui = stack.ui_url
@@ -171,6 +172,7 @@ def run(
     from stablenew.builder import build_jobs
     from stablenew.cli._names import check_pack_names
     from stablenew.cli._progress import watch_jobs
+    from stablenew.cli._views import PackViews
     from stablenew.orchestration.jobs import JobService
     from stablenew.packs import load_pack
 
@@ -199,9 +201,15 @@ def run(
                     f"Prefect UI: {target.ui_url}",
                     highlight=False,
                 )
+            sheets = PackViews(settings, loaded, len(records))
+            await sheets.refresh(0)
             try:
                 summary = await watch_jobs(
-                    runs, webui_url=target.webui_url, timeout=timeout, quiet=json_out
+                    runs,
+                    webui_url=target.webui_url,
+                    timeout=timeout,
+                    quiet=json_out,
+                    on_finished=sheets.refresh,
                 )
             except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this task
                 from stablenew.cli._interrupt import settle_after_interrupt
@@ -210,6 +218,7 @@ def run(
                     service, runs, target, keep_queued=keep_queued, quiet=json_out
                 )
             summary["history"] = await _sync_history(settings)
+            summary["gallery"] = await sheets.finish()
             return summary
 
         summary = asyncio.run(go())
@@ -223,6 +232,8 @@ def run(
         print_json(summary)
     else:
         console.print(f"Images: [bold]{out_dir}[/]", highlight=False)
+        if summary.get("gallery"):
+            console.print(f"Gallery: {summary['gallery']}", highlight=False)
         if summary.get("history"):
             console.print(
                 f"History: {summary['history'].removeprefix('sqlite:///')} "

@@ -234,6 +234,16 @@ class Stack:
             },
         )
 
+    def start_gallery(self, extra_env: dict[str, str] | None = None) -> None:
+        """Serve the outputs read-only on loopback (the Prefect UI's artifacts show images
+        from it); it announces its URL in the data dir. Not waited for: nothing needs it to
+        start a job."""
+        self._spawn(
+            "gallery",
+            _python("stablenew", "gallery", "--serve", "--port", str(free_port()), "--no-open"),
+            {"STABLENEW_HOME": str(self.home.resolve()), **(extra_env or {})},
+        )
+
     def stop_one(self, name: str) -> bool:
         """Stop one component (e.g. ``worker``) and forget it; True if it was running."""
         pid = self.pids.pop(name, None)
