@@ -1,16 +1,19 @@
 """History store at scale: prints figures, asserts nothing (not a test).
 
-Run: ``.venv/bin/python bench/history_bench.py [--jobs 1000000] [--reuse]``
+Run: ``.venv/bin/python bench/history_bench.py [--jobs 1000000] [--reruns 0.0] [--reuse]``
 
 Fills a store under /tmp with synthetic jobs through the store's own bulk path
 (``record_many``: submissions, then queued/running/terminal events, one transaction per batch),
-then times what the history CLI and service do against it. Targets (issue 5, 1,000,000 jobs):
-a filtered page (status + pack, limit 50, deep offset too) <= 20 ms median, ``count`` with a
-filter <= 100 ms, export of all rows <= 15 s with flat memory.
+each submission and event naming its flow run as the exporter's do, then times what the history
+CLI and service do against it. Targets (issue 5, 1,000,000 jobs): a filtered page (status +
+pack, limit 50, deep offset too) <= 20 ms median, ``count`` with a filter <= 100 ms, export of
+all rows <= 15 s with flat memory; (issue 12) a read of one job (what ``history show`` and
+``explain`` read: prefix resolution, the job, its runs, its transitions) <= 20 ms.
 
 Data shape: pack ``p0`` holds 60% of the jobs (so status + pack matches > 500,000 rows and a
 deep offset of 500,000 is real), nine more packs share the rest; four models; 85% completed,
-8% failed, 4% cancelled, 3% still running; creation times one second apart.
+8% failed, 4% cancelled, 3% still running; creation times one second apart. ``--reruns F``
+gives a fraction F of the jobs a second run (a re-run an hour later that completes).
 """
 
 from __future__ import annotations
@@ -95,7 +98,19 @@ def end_of(i: int) -> JobStatus:
     return JobStatus.RUNNING
 
 
-def submissions(n: int) -> Iterator[Submission]:
+def job_id_of(i: int) -> str:
+    return f"{pack_of(i)}-{i % 1000}-0-0-{i // 1000}-{i:010x}"
+
+
+def flow_run_of(i: int, run: int = 1) -> str:
+    return f"{i:08x}-{run:04x}-4000-8000-{i * 7919 % 2**48:012x}"
+
+
+def reruns_of(i: int, fraction: float) -> bool:
+    return (i * 104729) % 1000 < fraction * 1000
+
+
+def submissions(n: int, reruns: float = 0.0) -> Iterator[Submission]:
     base = base_record()
     for i in range(n):
         subject = SUBJECTS[i % len(SUBJECTS)]
@@ -108,42 +123,58 @@ def submissions(n: int) -> Iterator[Submission]:
                 "seed": i,
                 "model": MODELS[i % 4],
                 "prompt": f"a {subject} in watercolor style, golden hour, #{i}",
-                "job_id": f"{pack}-{i % 1000}-0-0-{i // 1000}-{i:010x}",
+                "job_id": job_id_of(i),
             }
         )
-        yield Submission(record=rec, at=T0 + timedelta(seconds=i), priority="normal")
-
-
-def events(n: int) -> Iterator[StatusEvent]:
-    for i in range(n):
-        job_id = f"{pack_of(i)}-{i % 1000}-0-0-{i // 1000}-{i:010x}"
-        t = T0 + timedelta(seconds=i)
-        yield StatusEvent(job_id=job_id, status=JobStatus.QUEUED, at=t + timedelta(seconds=1))
-        yield StatusEvent(
-            job_id=job_id,
-            status=JobStatus.RUNNING,
-            at=t + timedelta(seconds=2),
-            worker=f"gpu-{i % 4}",
-        )
-        end = end_of(i)
-        if end is not JobStatus.RUNNING:
-            yield StatusEvent(
-                job_id=job_id,
-                status=end,
-                at=t + timedelta(seconds=6),
-                error="CUDA out of memory" if end is JobStatus.FAILED else None,
-                outputs=(f"out/{job_id}.png",) if end is JobStatus.COMPLETED else None,
+        at = T0 + timedelta(seconds=i)
+        yield Submission(record=rec, at=at, priority="normal", flow_run_id=flow_run_of(i))
+        if reruns_of(i, reruns):
+            yield Submission(
+                record=rec,
+                at=at + timedelta(hours=1),
+                priority="normal",
+                flow_run_id=flow_run_of(i, 2),
+                reason="rerun",
+                parent_flow_run_id=flow_run_of(i),
             )
 
 
-def fill(path: Path, n: int) -> None:
+def run_events(i: int, run: int, t: datetime, end: JobStatus) -> Iterator[StatusEvent]:
+    job_id = job_id_of(i)
+    common: dict[str, Any] = {"job_id": job_id, "flow_run_id": flow_run_of(i, run)}
+    yield StatusEvent(status=JobStatus.QUEUED, at=t + timedelta(seconds=1), **common)
+    yield StatusEvent(
+        status=JobStatus.RUNNING, at=t + timedelta(seconds=2), worker=f"gpu-{i % 4}", **common
+    )
+    if end is not JobStatus.RUNNING:
+        yield StatusEvent(
+            status=end,
+            at=t + timedelta(seconds=6),
+            error="CUDA out of memory" if end is JobStatus.FAILED else None,
+            outputs=(f"out/{job_id}.png",) if end is JobStatus.COMPLETED else None,
+            **common,
+        )
+
+
+def events(n: int, reruns: float = 0.0) -> Iterator[StatusEvent]:
+    for i in range(n):
+        t = T0 + timedelta(seconds=i)
+        yield from run_events(i, 1, t, end_of(i))
+        if reruns_of(i, reruns):
+            yield from run_events(i, 2, t + timedelta(hours=1), JobStatus.COMPLETED)
+
+
+def fill(path: Path, n: int, reruns: float) -> None:
     with SqliteHistoryStore(path) as store:
         t = time.perf_counter()
-        stats = store.record_many(submissions(n), batch_size=50_000)
+        stats = store.record_many(submissions(n, reruns), batch_size=50_000)
         dt = time.perf_counter() - t
-        print(f"insert {stats.jobs_added:,} jobs: {dt:.1f} s = {stats.jobs_added / dt:,.0f} jobs/s")
+        print(
+            f"insert {stats.jobs_added:,} jobs ({stats.runs_added:,} runs): {dt:.1f} s"
+            f" = {stats.jobs_added / dt:,.0f} jobs/s"
+        )
         t = time.perf_counter()
-        stats = store.record_many(events=events(n), batch_size=50_000)
+        stats = store.record_many(events=events(n, reruns), batch_size=50_000)
         dt = time.perf_counter() - t
         n_ev = stats.transitions_added
         print(f"apply {n_ev:,} status events: {dt:.1f} s = {n_ev / dt:,.0f} events/s")
@@ -191,8 +222,42 @@ def timed_export(store: SqliteHistoryStore, fmt: str, out: Path) -> None:
     )
 
 
-def report(path: Path, n: int) -> None:
+def one_job(store: SqliteHistoryStore, n: int, reruns: float) -> None:
+    """What ``history show`` / ``explain`` read for one job, from a unique prefix of its id."""
+    i = n * 2 // 3
+    job_id = job_id_of(i)
+    prefix = job_id[:-3]
+
+    def show() -> None:
+        found = store.resolve_job_id(prefix)
+        store.get_job(found)
+        store.runs_of(found)
+        store.transitions(found)
+
+    print(f"get_job: {median_ms(lambda: store.get_job(job_id), 201):.3f} ms median")
+    print(f"runs_of: {median_ms(lambda: store.runs_of(job_id), 201):.3f} ms median")
+    print(f"transitions: {median_ms(lambda: store.transitions(job_id), 201):.3f} ms median")
+    print(
+        "read one job (resolve prefix + get_job + runs_of + transitions): "
+        f"{median_ms(show, 201):.3f} ms median"
+    )
+    rerun = next((k for k in range(i, n) if reruns_of(k, reruns)), None) if reruns else None
+    if rerun is not None:
+        twice = job_id_of(rerun)
+        assert store.get_job(twice).runs == 2
+
+        def show_twice() -> None:
+            store.get_job(twice)
+            store.runs_of(twice)
+            store.transitions(twice)
+
+        print(f"read one job with 2 runs: {median_ms(show_twice, 201):.3f} ms median")
+    print(f"open runs (for sync): {median_ms(store.open_flow_run_ids, 11):.2f} ms median")
+
+
+def report(path: Path, n: int, reruns: float) -> None:
     with SqliteHistoryStore(path) as store:
+        one_job(store, n, reruns)
         flt: dict[str, Any] = {"status": "completed", "pack": "p0"}
         matching = store.count(**flt)
         print(f"\nfilter status=completed pack=p0 matches {matching:,} of {store.count():,} jobs")
@@ -233,6 +298,9 @@ def report(path: Path, n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1_000_000)
+    parser.add_argument(
+        "--reruns", type=float, default=0.0, help="fraction of jobs run twice (0..1)"
+    )
     parser.add_argument("--reuse", action="store_true", help="keep an existing bench database")
     args = parser.parse_args()
     print("$", ".venv/bin/python", *sys.argv)
@@ -244,8 +312,8 @@ def main() -> None:
     if not (args.reuse and path.exists()):
         shutil.rmtree(DB_DIR, ignore_errors=True)
         DB_DIR.mkdir(parents=True)
-        fill(path, args.jobs)
-    report(path, args.jobs)
+        fill(path, args.jobs, args.reruns)
+    report(path, args.jobs, args.reruns)
     for name in ("export.csv", "export.jsonl"):
         (DB_DIR / name).unlink(missing_ok=True)
 

@@ -35,7 +35,13 @@ from stablenew.settings import Settings, get_settings, load_settings
 from stablenew.webui import JobResult, WebUIClient, run_stages
 
 if TYPE_CHECKING:
-    from stablenew.orchestration.history_service import Explanation, JobHistoryService, JobView
+    from stablenew.orchestration.history_service import (
+        Explanation,
+        JobDetail,
+        JobHistoryService,
+        JobView,
+        RunView,
+    )
     from stablenew.orchestration.jobs import JobRef, JobService, QueueState
 
 # The orchestration layer imports Prefect (~2 s); load it only when one of these is used.
@@ -45,6 +51,8 @@ _LAZY = {
     "QueueState": "stablenew.orchestration.jobs",
     "JobHistoryService": "stablenew.orchestration.history_service",
     "JobView": "stablenew.orchestration.history_service",
+    "JobDetail": "stablenew.orchestration.history_service",
+    "RunView": "stablenew.orchestration.history_service",
     "Explanation": "stablenew.orchestration.history_service",
 }
 
@@ -65,6 +73,7 @@ __all__ = [
     "DuplicateJob",
     "Explanation",
     "HistoryError",
+    "JobDetail",
     "JobHistoryService",
     "JobNotFound",
     "JobRef",
@@ -79,6 +88,7 @@ __all__ = [
     "PackIssue",
     "PrefectUnavailable",
     "QueueState",
+    "RunView",
     "Settings",
     "SqliteHistoryStore",
     "StableNewError",

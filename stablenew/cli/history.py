@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +21,7 @@ from stablenew.history import SqliteHistoryStore, open_store
 from stablenew.settings import get_settings
 
 if TYPE_CHECKING:
-    from stablenew.orchestration.history_service import JobView
+    from stablenew.orchestration.history_service import JobView, RunView
 
 history_app = typer.Typer(help="The job history: list, show, export, sync, prune.")
 
@@ -34,6 +36,16 @@ def register(root: typer.Typer) -> None:
 
 def _store() -> SqliteHistoryStore:
     return open_store(get_settings().resolved_history_url)
+
+
+@contextmanager
+def _current_store() -> Iterator[SqliteHistoryStore]:
+    """The store, brought up to date from Prefect first where a server is reachable."""
+    from stablenew.orchestration.history_service import JobHistoryService
+
+    with _store() as store:
+        JobHistoryService(store).refresh()
+        yield store
 
 
 def parse_age(text: str) -> timedelta:
@@ -98,7 +110,7 @@ def ls(
     """Recent jobs, newest first, filtered and paged."""
     from stablenew.orchestration.history_service import view_from_row
 
-    with _store() as store:
+    with _current_store() as store:
         filters = _filters(status, pack, model, since, until, text)
         page = store.list_jobs(limit=limit, offset=offset, **filters)
         total = store.count(**filters)
@@ -148,40 +160,120 @@ def show(
     job_id: str = typer.Argument(..., help="Job id."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """One job: status, times, summary, outputs, last error."""
+    """One job: status, times, summary, outputs, last error, and each of its runs."""
     from stablenew.orchestration.history_service import JobHistoryService
 
     with _store() as store:
-        view = JobHistoryService(store).get(job_id)
+        detail = JobHistoryService(store).get(job_id)
     if json_out:
-        print_json(view.model_dump(mode="json"))
+        print_json(detail.model_dump(mode="json"))
         return
-    for key, value in view.model_dump(mode="json").items():
+    for key, value in detail.model_dump(mode="json", exclude={"runs"}).items():
         console.print(f"[bold]{key}[/]: {value}", highlight=False)
+    if detail.runs:
+        console.print(_runs_table(detail.runs))
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else ""
+
+
+def _origin(run: RunView) -> str:
+    """Why the run exists and what it repeats: 'rerun of run 1', 'rerun of <job id>'."""
+    parent = ""
+    if run.parent_run is not None:
+        parent = f"run {run.parent_run}"
+    elif run.parent_job_id is not None:
+        parent = run.parent_job_id
+    elif run.parent_flow_run_id is not None:
+        parent = f"flow run {run.parent_flow_run_id}"
+    reason = run.reason or ""
+    if parent:
+        return f"{reason or 'rerun'} of {parent}"
+    return reason
+
+
+def _runs_table(runs: list[RunView]) -> Table:
+    """Each run on one line (oldest first); the error folds into the last column."""
+    table = Table(title="runs", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    table.add_column("run", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("created", overflow="fold", min_width=10)
+    table.add_column("seconds", justify="right", no_wrap=True)
+    table.add_column("tries", justify="right", no_wrap=True)
+    table.add_column("worker", overflow="fold")
+    table.add_column("why", overflow="fold")
+    table.add_column("images", justify="right", no_wrap=True)
+    table.add_column("error", overflow="fold")
+    for r in runs:
+        table.add_row(
+            str(r.number),
+            r.status.value,
+            r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            _seconds(r.duration_s),
+            str(r.attempts),
+            r.worker or "",
+            _origin(r),
+            str(len(r.outputs)),
+            r.error or "",
+        )
+    return table
 
 
 @guarded
 def explain(
     job_id: str = typer.Argument(..., help="Job id."),
+    run: int = typer.Option(None, "--run", min=1, help="Run number (default: the latest)."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Everything about a job: record, prompt provenance, timeline, exact WebUI request."""
+    """Everything about a job: record, prompt provenance, the timeline of one run, its other
+    runs, and the exact WebUI request."""
     from stablenew.orchestration.history_service import JobHistoryService
 
     with _store() as store:
-        info = JobHistoryService(store).explain(job_id)
+        info = JobHistoryService(store).explain(job_id, run=run)
     if json_out:
         print_json(info.model_dump(mode="json"))
         return
     console.print(f"[bold]{info.job.name}[/] ({info.job.job_id}): {info.job.status.value}")
+    if info.run is not None:
+        chosen = info.run
+        why = _origin(chosen)
+        took = f"{chosen.duration_s:.2f} s, " if chosen.duration_s is not None else ""
+        console.print(
+            f"run {chosen.number} of {len(info.runs)}: {chosen.status.value}, {took}"
+            f"attempt(s) {chosen.attempts}{f', {why}' if why else ''} "
+            f"(flow run {chosen.flow_run_id})",
+            highlight=False,
+            markup=False,
+        )
     console.rule("provenance")
     for key, value in info.provenance.items():
         console.print(f"{key}: {value}", highlight=False, markup=False)
-    console.rule("timeline")
+    console.rule(f"timeline of run {info.run.number}" if info.run else "timeline")
     for step in info.timeline:
         took = f" (+{step.seconds_in_previous:.2f}s)" if step.seconds_in_previous else ""
+        attempt = f" (attempt {step.attempt})" if step.attempt and step.attempt > 1 else ""
         flag = "" if step.legal else "  [red]illegal transition[/]"
-        console.print(f"{step.at.isoformat()}  {step.status.value}{took}{flag}", highlight=False)
+        console.print(
+            f"{step.at.isoformat()}  {step.status.value}{attempt}{took}{flag}", highlight=False
+        )
+    others = [r for r in info.runs if info.run is None or r.number != info.run.number]
+    if others:
+        console.rule("other runs")
+        for r in others:
+            took = f"{r.duration_s:.2f} s, " if r.duration_s is not None else ""
+            console.print(
+                f"run {r.number}: {r.status.value}, {took}"
+                f"created {r.created_at.strftime('%Y-%m-%d %H:%M:%S')}",
+                highlight=False,
+                markup=False,
+            )
+        console.print(
+            f"(stablenew explain {info.job.job_id} --run N shows another run)",
+            highlight=False,
+            markup=False,
+        )
     console.rule("WebUI requests")
     for call in info.webui_requests:
         console.print_json(data=call)
@@ -206,7 +298,7 @@ def export(
     if fmt not in ("csv", "jsonl"):
         fail(f"--format must be csv or jsonl, got {fmt!r}", EXIT_BAD_INPUT)
     filters = _filters(status, pack, model, since, until, text)
-    with _store() as store:
+    with _current_store() as store:
         n = store.export(fmt, out if out is not None else sys.stdout, **filters)  # type: ignore[arg-type]
     if out is not None:
         console.print(f"Wrote {n} job(s) to {out}", highlight=False)
@@ -245,7 +337,7 @@ def prune(
     older_than: str = typer.Option(None, "--older-than", help="Age, e.g. 30d."),
     keep_last: int = typer.Option(None, "--keep-last", min=0, help="Keep the newest N."),
 ) -> None:
-    """Delete finished jobs (and their transitions) by age and/or count."""
+    """Delete finished jobs (with their runs and transitions) by age and/or count."""
     if older_than is None and keep_last is None:
         fail("give --older-than and/or --keep-last", EXIT_BAD_INPUT)
     with _store() as store:

@@ -100,8 +100,11 @@ def submit(
         if not wait:
             return ids, None
         from stablenew.cli._progress import watch_jobs
+        from stablenew.cli.stack import sync_history
 
-        return ids, await watch_jobs(runs, webui_url=None, timeout=None, quiet=json_out)
+        summary = await watch_jobs(runs, webui_url=None, timeout=None, quiet=json_out)
+        summary["history"] = await sync_history(settings)  # `explain` finds them at once
+        return ids, summary
 
     ids, summary = asyncio.run(go())
     if json_out:
@@ -177,8 +180,11 @@ def rerun(
         if not wait:
             return run, None
         from stablenew.cli._progress import watch_jobs
+        from stablenew.cli.stack import sync_history
 
-        return run, await watch_jobs([run], webui_url=None, timeout=None, quiet=json_out)
+        summary = await watch_jobs([run], webui_url=None, timeout=None, quiet=json_out)
+        summary["history"] = await sync_history(get_settings())
+        return run, summary
 
     run, summary = asyncio.run(go())
     if json_out:

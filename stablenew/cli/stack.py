@@ -121,7 +121,7 @@ def configured_prefect() -> Iterator[str]:
         yield url
 
 
-async def _sync_history(settings: Settings) -> str | None:
+async def sync_history(settings: Settings) -> str | None:
     """Export what just ran; a history failure is reported, never fails the run."""
     from stablenew.history import open_store
     from stablenew.orchestration._prefect import prefect_client
@@ -217,7 +217,7 @@ def run(
                 summary = await settle_after_interrupt(
                     service, runs, target, keep_queued=keep_queued, quiet=json_out
                 )
-            summary["history"] = await _sync_history(settings)
+            summary["history"] = await sync_history(settings)
             summary["gallery"] = await sheets.finish()
             return summary
 

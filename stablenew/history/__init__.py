@@ -1,4 +1,4 @@
-"""Job history: a durable, queryable record of every job and its status transitions.
+"""Job history: a durable, queryable record of every job, its runs and their transitions.
 
 Core layer: imports neither Prefect nor HTTP. The exporter (orchestration) fills it from the
 Prefect API; the history service and CLI read it.
@@ -11,6 +11,7 @@ from stablenew.history.models import (
     JobFilter,
     JobRow,
     Page,
+    RunRow,
     StatusEvent,
     Submission,
     Transition,
@@ -25,6 +26,7 @@ __all__ = [
     "JobFilter",
     "JobRow",
     "Page",
+    "RunRow",
     "SqliteHistoryStore",
     "StatusEvent",
     "Submission",

@@ -1,5 +1,8 @@
 """Streaming export of ``jobs`` to CSV or JSON Lines with flat memory.
 
+One row per job: its status, times, duration, worker, outputs and error are those of its latest
+run, and ``runs`` says how many runs it has had (``SqliteHistoryStore.runs_of`` lists them).
+
 Rows are read through one cursor in ``fetchmany`` chunks and written straight out; SQLite
 formats the timestamps (ISO 8601 UTC with microseconds, ``Z``) and, for JSON Lines, builds each
 line, so Python only moves strings. Columns are those of :class:`JobRow` minus ``cursor``:
@@ -39,7 +42,7 @@ def _json_value(column: str) -> str:
 
 _NUMERIC = frozenset(
     {"row_index", "combo_index", "variant_index", "batch_index", "steps", "width", "height"}
-    | {"seed", "duration_s"}
+    | {"seed", "duration_s", "runs"}
 )
 
 

@@ -1,4 +1,5 @@
-"""SQL for reading ``jobs``: filters to WHERE clauses, orders, keyset cursors, row mapping."""
+"""SQL for reading ``jobs`` and ``runs``: filters to WHERE clauses, orders, keyset cursors,
+row mapping."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import sqlite3
 from typing import Any
 
 from stablenew.errors import HistoryError
-from stablenew.history.models import JobFilter, JobRow, Order, from_us, to_us
+from stablenew.history.models import JobFilter, JobRow, Order, RunRow, Transition, from_us, to_us
 
 # Columns of a JobRow, in JobRow field order (cursor excepted); times are microseconds.
 JOB_COLUMNS = (
@@ -34,12 +35,40 @@ JOB_COLUMNS = (
     "started_at",
     "completed_at",
     "duration_s",
+    "runs",
     "outputs",
     "error",
     "record_json",
 )
 TIME_COLUMNS = frozenset({"status_at", "created_at", "queued_at", "started_at", "completed_at"})
 SELECT_JOBS = f"SELECT id, {', '.join(JOB_COLUMNS)} FROM jobs"
+
+# Columns of a RunRow, in RunRow field order.
+RUN_COLUMNS = (
+    "flow_run_id",
+    "job_id",
+    "run_number",
+    "status",
+    "status_at",
+    "priority",
+    "worker",
+    "created_at",
+    "queued_at",
+    "started_at",
+    "completed_at",
+    "duration_s",
+    "outputs",
+    "error",
+    "attempts",
+    "parent_flow_run_id",
+    "parent_job_id",
+    "reason",
+)
+SELECT_RUNS = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"
+SELECT_TRANSITIONS = (
+    "SELECT id, job_id, flow_run_id, attempt, from_status, to_status, at, source, message, legal"
+    " FROM transitions"
+)
 
 # Every filter index ends in created_at and implicitly in the rowid ``id``, so these orders
 # are index walks: LIMIT stops early and keyset ``(created_at, id) < (?, ?)`` is a range seek.
@@ -141,3 +170,29 @@ def job_row(row: sqlite3.Row) -> JobRow:
         for name in JOB_COLUMNS
     }
     return JobRow(**values, cursor=encode_cursor(row["created_at"], row["id"]))
+
+
+def run_row(row: sqlite3.Row) -> RunRow:
+    return RunRow(
+        **{
+            name: (
+                from_us(row[name]) if name in TIME_COLUMNS and row[name] is not None else row[name]
+            )
+            for name in RUN_COLUMNS
+        }
+    )
+
+
+def transition(row: sqlite3.Row) -> Transition:
+    return Transition(
+        id=row["id"],
+        job_id=row["job_id"],
+        flow_run_id=row["flow_run_id"],
+        attempt=row["attempt"],
+        from_status=row["from_status"],
+        to_status=row["to_status"],
+        at=from_us(row["at"]),
+        source=row["source"],
+        message=row["message"],
+        legal=bool(row["legal"]),
+    )

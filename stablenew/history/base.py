@@ -21,6 +21,7 @@ from stablenew.history.models import (
     JobRow,
     Order,
     Page,
+    RunRow,
     StatusEvent,
     Submission,
     Transition,
@@ -32,7 +33,8 @@ from stablenew.records import NormalizedJobRecord
 
 @runtime_checkable
 class HistoryStore(Protocol):
-    """Durable job history: one row per job plus its append-only status transitions."""
+    """Durable job history: one row per job, one per run of it (a Prefect flow run), and
+    the append-only status transitions of each run."""
 
     def record_submission(
         self,
@@ -41,8 +43,12 @@ class HistoryStore(Protocol):
         flow_run_id: str | None = None,
         priority: str | None = None,
         at: datetime | None = None,
+        reason: str | None = None,
+        parent_flow_run_id: str | None = None,
+        parent_job_id: str | None = None,
     ) -> bool:
-        """Store the record once (idempotent by job id); True when the job is new."""
+        """Store the record once (idempotent by job id) and, with ``flow_run_id``, that run of
+        it (idempotent by flow run id); True when the job is new."""
         ...
 
     def record_transition(
@@ -57,8 +63,11 @@ class HistoryStore(Protocol):
         outputs: Iterable[str] | None = None,
         flow_run_id: str | None = None,
         message: str | None = None,
+        attempt: int | None = None,
     ) -> bool:
-        """Append a transition (idempotent by job id, status and time); True when new."""
+        """Append a transition of the run ``flow_run_id`` (the job's latest run when None;
+        an unknown run of the job becomes its next run); idempotent by job, run, status and
+        time. True when new."""
         ...
 
     def record_many(
@@ -71,13 +80,29 @@ class HistoryStore(Protocol):
         """Submissions, then events, one transaction per ``batch_size`` items."""
         ...
 
-    def get_job(self, job_id: str) -> JobRow: ...
+    def get_job(self, job_id: str) -> JobRow:
+        """The job; its status columns are its latest run's."""
+        ...
+
+    def runs_of(self, job_id: str) -> list[RunRow]:
+        """The job's runs by run number (empty before any run is known)."""
+        ...
+
+    def get_run(self, flow_run_id: str) -> RunRow:
+        """The run of this flow run; :class:`~stablenew.errors.JobNotFound` if unknown."""
+        ...
+
+    def open_flow_run_ids(self) -> list[str]:
+        """Flow run ids of all runs not yet finished, latest of their job or not."""
+        ...
 
     def resolve_job_id(self, prefix: str, *, candidates: int = 5) -> str:
         """The one job id equal to or starting with ``prefix`` (an exact id always wins)."""
         ...
 
-    def transitions(self, job_id: str) -> list[Transition]: ...
+    def transitions(self, job_id: str, flow_run_id: str | None = None) -> list[Transition]:
+        """All of the job's transitions in time order, or those of one of its runs."""
+        ...
 
     def list_jobs(
         self,

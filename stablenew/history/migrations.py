@@ -8,6 +8,9 @@ left to do. Never edit a released migration: append a new one.
 1. ``jobs`` (one row per job) and ``transitions`` (its status history).
 2. Query indexes, the idempotency key of transitions, append-only triggers.
 3. ``meta``: key/value pairs such as the exporter's sync watermark.
+4. ``runs``: each Prefect flow run of a job (its own status, times, outputs, attempts and
+   lineage); ``jobs.runs`` counts them; transitions belong to a run (``flow_run_id``,
+   ``attempt``) and are unique per run. Existing jobs with a flow run become that run, number 1.
 """
 
 from __future__ import annotations
@@ -91,7 +94,63 @@ CREATE TABLE meta (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: Sequence[str] = (_V1, _V2, _V3)
+# Two jobs can never share a flow run; OR IGNORE only keeps a damaged file migratable.
+# A job's status columns mirror its latest run (highest run_number); run numbers follow
+# creation order. The job's own "submitted" transition keeps flow_run_id NULL, as do the
+# transitions of jobs recorded before any run was known. The unique key of a transition is
+# per run: COALESCE makes NULL a value, so INSERT OR IGNORE still deduplicates job-level rows.
+_V4 = """
+ALTER TABLE jobs ADD COLUMN runs INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE runs (
+    id                 INTEGER PRIMARY KEY,
+    flow_run_id        TEXT NOT NULL UNIQUE,
+    job_id             TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE,
+    run_number         INTEGER NOT NULL,
+    status             TEXT NOT NULL,
+    status_at          INTEGER NOT NULL,
+    priority           TEXT,
+    worker             TEXT,
+    created_at         INTEGER NOT NULL,
+    queued_at          INTEGER,
+    started_at         INTEGER,
+    completed_at       INTEGER,
+    duration_s         REAL,
+    outputs            TEXT NOT NULL DEFAULT '[]',
+    error              TEXT,
+    attempts           INTEGER NOT NULL DEFAULT 1,
+    parent_flow_run_id TEXT,
+    parent_job_id      TEXT,
+    reason             TEXT,
+    UNIQUE (job_id, run_number)
+);
+CREATE INDEX ix_runs_open ON runs(status, flow_run_id)
+    WHERE status IN ('submitted', 'queued', 'running', 'cancelling');
+ALTER TABLE transitions ADD COLUMN flow_run_id TEXT;
+ALTER TABLE transitions ADD COLUMN attempt INTEGER;
+INSERT OR IGNORE INTO runs (
+    flow_run_id, job_id, run_number, status, status_at, priority, worker, created_at,
+    queued_at, started_at, completed_at, duration_s, outputs, error, attempts
+)
+SELECT flow_run_id, job_id, 1, status, status_at, priority, worker, created_at,
+    queued_at, started_at, completed_at, duration_s, outputs, error, 1
+FROM jobs WHERE flow_run_id IS NOT NULL ORDER BY id;
+UPDATE jobs SET runs = 1 WHERE job_id IN (SELECT job_id FROM runs);
+DROP TRIGGER transitions_no_update;
+UPDATE transitions SET
+    flow_run_id = (SELECT r.flow_run_id FROM runs r WHERE r.job_id = transitions.job_id),
+    attempt = 1
+WHERE NOT (from_status IS NULL AND to_status = 'submitted')
+    AND job_id IN (SELECT job_id FROM runs);
+CREATE TRIGGER transitions_no_update BEFORE UPDATE ON transitions
+BEGIN
+    SELECT RAISE(ABORT, 'transitions are append-only');
+END;
+DROP INDEX ux_transitions_event;
+CREATE UNIQUE INDEX ux_transitions_run_event
+    ON transitions(job_id, COALESCE(flow_run_id, ''), to_status, at);
+"""
+
+MIGRATIONS: Sequence[str] = (_V1, _V2, _V3, _V4)
 """``MIGRATIONS[n - 1]`` brings a database from version ``n - 1`` to ``n``."""
 
 LATEST_VERSION = len(MIGRATIONS)

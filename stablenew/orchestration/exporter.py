@@ -27,8 +27,9 @@ from prefect.client.schemas.filters import (
     DeploymentFilterName,
     FlowRunFilter,
     FlowRunFilterExpectedStartTime,
+    FlowRunFilterIdempotencyKey,
 )
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 
 from stablenew.errors import HistoryError
@@ -36,6 +37,7 @@ from stablenew.history import SqliteHistoryStore, StatusEvent, Submission, Write
 from stablenew.lifecycle import JobStatus, status_from_prefect
 from stablenew.orchestration._prefect import PAGE, read_runs_by_id
 from stablenew.orchestration.deployments import RENDER_DEPLOYMENT
+from stablenew.orchestration.submission import MAX_RESUBMITS, Lineage
 from stablenew.outputs import run_dirs
 from stablenew.records import NormalizedJobRecord
 
@@ -82,23 +84,50 @@ def _outputs(
 
 
 def events_for(
-    run: FlowRun, record: NormalizedJobRecord, output_root: Path | None = None
+    run: FlowRun,
+    record: NormalizedJobRecord,
+    output_root: Path | None = None,
+    *,
+    attempt_start: datetime | None = None,
 ) -> list[StatusEvent]:
-    """The status events a run's timestamps and state imply, oldest first."""
+    """The status events of this run (one flow run of the job) that its timestamps and
+    current state imply, oldest first. A run Prefect retries (its UI's Retry, or a retry
+    policy) shows as a new attempt of the same run."""
     common = {"job_id": record.job_id, "flow_run_id": str(run.id), "source": "exporter"}
     worker = (run.labels or {}).get("prefect.worker.name")
-    events = [StatusEvent(status=JobStatus.QUEUED, at=run.created or datetime.now(UTC), **common)]
+    tries = max(run.run_count, 1)
+    events = [
+        StatusEvent(
+            status=JobStatus.QUEUED, at=run.created or datetime.now(UTC), attempt=1, **common
+        )
+    ]
     # Prefect also stamps start_time on runs cancelled while queued; run_count is only
-    # raised by entering RUNNING.
+    # raised by entering RUNNING. start_time is the first attempt's start.
     if run.start_time is not None and run.run_count > 0:
         events.append(
-            StatusEvent(status=JobStatus.RUNNING, at=run.start_time, worker=worker, **common)
+            StatusEvent(
+                status=JobStatus.RUNNING, at=run.start_time, worker=worker, attempt=1, **common
+            )
         )
     state = run.state
     if state is None:
         return events
     status = status_from_prefect(state.type.value)
-    if status in (JobStatus.QUEUED, JobStatus.RUNNING):
+    if status is JobStatus.QUEUED:
+        if run.run_count > 0:  # waiting to run again: the next attempt is queued
+            events.append(
+                StatusEvent(status=status, at=state.timestamp, attempt=run.run_count + 1, **common)
+            )
+        return events
+    if run.run_count > 1:  # a later attempt: when it started, if Prefect told us
+        started = attempt_start or (state.timestamp if status is JobStatus.RUNNING else None)
+        if started is not None:
+            events.append(
+                StatusEvent(
+                    status=JobStatus.RUNNING, at=started, worker=worker, attempt=tries, **common
+                )
+            )
+    if status is JobStatus.RUNNING:
         return events
     at = (run.end_time if status.is_terminal else None) or state.timestamp
     failed = status in (JobStatus.FAILED, JobStatus.CANCELLED)
@@ -114,10 +143,25 @@ def events_for(
                 if status == JobStatus.COMPLETED
                 else None
             ),
+            attempt=tries,
             **common,
         )
     )
     return events
+
+
+def submission_of(run: FlowRun, record: NormalizedJobRecord) -> Submission:
+    """The run as the history records its creation: which job, why, and whose re-run."""
+    lineage = Lineage.of(run)
+    return Submission(
+        record=record,
+        flow_run_id=str(run.id),
+        priority=run.work_queue_name,
+        at=run.created,
+        reason=lineage.reason,
+        parent_flow_run_id=lineage.parent_flow_run_id,
+        parent_job_id=lineage.parent_job_id,
+    )
 
 
 async def _new_runs(client: PrefectClient, since: datetime | None) -> list[FlowRun]:
@@ -140,55 +184,71 @@ async def _new_runs(client: PrefectClient, since: datetime | None) -> list[FlowR
             return runs
 
 
-def _open_flow_run_ids(store: SqliteHistoryStore) -> list[str]:
-    active: list[JobStatus | str] = [
-        JobStatus.SUBMITTED,
-        JobStatus.QUEUED,
-        JobStatus.RUNNING,
-        JobStatus.CANCELLING,
-    ]
-    ids: list[str] = []
-    cursor: str | None = None
-    while True:
-        page = store.list_jobs(status=active, limit=500, after=cursor, order="created_asc")
-        ids.extend(j.flow_run_id for j in page.items if j.flow_run_id)
-        cursor = page.next_cursor
-        if cursor is None:
-            return ids
-
-
 async def sync(
     client: PrefectClient, store: SqliteHistoryStore, *, output_root: Path | None = None
 ) -> SyncStats:
     """One incremental pass; safe to run concurrently with jobs and repeatedly."""
-    stats = SyncStats()
     mark = store.get_watermark(WATERMARK)
     since = datetime.fromisoformat(mark) - OVERLAP if mark else None
     runs = {r.id: r for r in await _new_runs(client, since)}
-    open_ids = [i for i in _open_flow_run_ids(store) if UUID(i) not in runs]
+    # Every run not finished yet, not only each job's latest: an older run may still be open.
+    open_ids = [i for i in store.open_flow_run_ids() if UUID(i) not in runs]
     for run in await read_runs_by_id(client, open_ids, left_scheduled=True):
         runs[run.id] = run
-    stats.runs_read = len(runs)
+    stats = await _record_runs(client, store, list(runs.values()), output_root)
+    newest = max(
+        (r.expected_start_time for r in runs.values() if r.expected_start_time), default=since
+    )
+    if newest is not None and (since is None or newest > since):
+        store.set_watermark(newest.isoformat(), WATERMARK)
+    return stats
 
+
+async def sync_job(
+    client: PrefectClient,
+    store: SqliteHistoryStore,
+    job_id: str,
+    *,
+    output_root: Path | None = None,
+) -> SyncStats:
+    """Bring one job's runs up to date (one request): what a reader of that job does first."""
+    keys = [job_id, *(f"{job_id}~{n}" for n in range(1, MAX_RESUBMITS + 1))]
+    runs = await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(idempotency_key=FlowRunFilterIdempotencyKey(any_=keys)),
+        limit=len(keys),
+    )
+    return await _record_runs(client, store, runs, output_root)
+
+
+async def _attempt_start(client: PrefectClient, run: FlowRun) -> datetime | None:
+    """When the current attempt of a retried run started (Prefect's start_time keeps the
+    first); only asked for runs Prefect ran more than once."""
+    if run.run_count < 2:
+        return None
+    states = await client.read_flow_run_states(run.id)
+    starts = [st.timestamp for st in states if st.type == StateType.RUNNING]
+    return max(starts) if starts else None
+
+
+async def _record_runs(
+    client: PrefectClient,
+    store: SqliteHistoryStore,
+    runs: list[FlowRun],
+    output_root: Path | None,
+) -> SyncStats:
+    stats = SyncStats(runs_read=len(runs))
     submissions: list[Submission] = []
     events: list[StatusEvent] = []
-    newest = since
-    for run in runs.values():
+    for run in runs:
         record = _record_of(run)
         if record is None:
             stats.skipped += 1
             continue
-        submissions.append(
-            Submission(
-                record=record, flow_run_id=str(run.id), priority=run.work_queue_name, at=run.created
-            )
+        submissions.append(submission_of(run, record))
+        events.extend(
+            events_for(run, record, output_root, attempt_start=await _attempt_start(client, run))
         )
-        events.extend(events_for(run, record, output_root))
-        if run.expected_start_time and (newest is None or run.expected_start_time > newest):
-            newest = run.expected_start_time
     stats.add(store.record_many(submissions, events))
-    if newest is not None:
-        store.set_watermark(newest.isoformat(), WATERMARK)
     return stats
 
 

@@ -1,18 +1,57 @@
 """JobHistoryService: live jobs from Prefect, finished ones from the history store, and
-``explain`` — everything known about one job in one place."""
+``explain`` — everything known about one job (and each of its runs) in one place.
+
+Reads are current: before answering, the service copies what changed in Prefect into the
+store (one request for one job; an incremental sync for lists), so a run that finished a
+moment ago is there without waiting for the minutely export. With no Prefect server to ask,
+it answers from the store as last synced.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+from collections.abc import Coroutine
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
 
-from stablenew.history import FilterArgs, JobRow, SqliteHistoryStore, Transition
+from stablenew.errors import AmbiguousJobId, HistoryError, JobNotFound, PrefectUnavailable
+from stablenew.history import FilterArgs, JobRow, RunRow, SqliteHistoryStore, Transition
 from stablenew.lifecycle import JobStatus
 from stablenew.orchestration.jobs import JobRef, JobService
 from stablenew.records import NormalizedJobRecord
+from stablenew.settings import get_settings
 from stablenew.webui import describe_requests
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from sync code, also when the caller already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(coro))
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=target, name="stablenew-history-refresh")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
 
 
 class JobView(BaseModel):
@@ -35,6 +74,43 @@ class JobView(BaseModel):
     duration_s: float | None = None
     last_error: str | None = None
     outputs: list[str] = Field(default_factory=list)
+    run_count: int = Field(
+        default=0, description="Runs (Prefect flow runs) of the job; the figures are the latest's."
+    )
+
+
+class RunView(BaseModel):
+    """One run of a job: one Prefect flow run, with its own status, times and outputs."""
+
+    number: int = Field(description="1-based, in creation order within the job.")
+    flow_run_id: str
+    status: JobStatus
+    created_at: datetime
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration_s: float | None = None
+    worker: str | None = None
+    priority: str | None = None
+    attempts: int = Field(default=1, description="Prefect attempts of this flow run (retries).")
+    reason: str | None = Field(
+        default=None, description="Why the run exists: submit, duplicate, rerun, recovery."
+    )
+    parent_flow_run_id: str | None = Field(default=None, description="The run this re-runs.")
+    parent_run: int | None = Field(
+        default=None, description="Number of the run this re-runs, when it is of the same job."
+    )
+    parent_job_id: str | None = Field(
+        default=None, description="The job this one derives from (a re-run with a new seed)."
+    )
+    outputs: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+
+class JobDetail(JobView):
+    """A job with every run of it, oldest first (``history show``)."""
+
+    runs: list[RunView] = Field(default_factory=list)
 
 
 class TimelineStep(BaseModel):
@@ -44,14 +120,20 @@ class TimelineStep(BaseModel):
     source: str
     message: str | None = None
     legal: bool = True
+    attempt: int | None = Field(default=None, description="Attempt of the run, when known.")
 
 
 class Explanation(BaseModel):
-    """Why a job looks the way it does: its record, provenance, timeline and WebUI request."""
+    """Why a job looks the way it does: its record, provenance, the timeline of one of its
+    runs, its other runs, and the WebUI request."""
 
     job: JobView
     record: NormalizedJobRecord
     provenance: dict[str, Any]
+    run: RunView | None = Field(
+        default=None, description="The run the timeline is of (the latest unless chosen)."
+    )
+    runs: list[RunView] = Field(default_factory=list, description="Every run, oldest first.")
     timeline: list[TimelineStep]
     webui_requests: list[dict[str, Any]] = Field(
         description="The exact WebUI calls the record makes (images shown as placeholders)."
@@ -77,7 +159,51 @@ def view_from_row(row: JobRow) -> JobView:
         duration_s=row.duration_s,
         last_error=row.error,
         outputs=list(row.outputs or ()),
+        run_count=row.runs,
     )
+
+
+def run_views(runs: list[RunRow]) -> list[RunView]:
+    """The job's runs as views, each naming the run of the same job it re-runs."""
+    numbers = {r.flow_run_id: r.run_number for r in runs}
+    return [
+        RunView(
+            number=r.run_number,
+            flow_run_id=r.flow_run_id,
+            status=r.status,
+            created_at=r.created_at,
+            queued_at=r.queued_at,
+            started_at=r.started_at,
+            completed_at=r.completed_at,
+            duration_s=r.duration_s,
+            worker=r.worker,
+            priority=r.priority,
+            attempts=r.attempts,
+            reason=r.reason,
+            parent_flow_run_id=r.parent_flow_run_id,
+            parent_run=numbers.get(r.parent_flow_run_id or ""),
+            parent_job_id=r.parent_job_id,
+            outputs=list(r.outputs),
+            error=r.error,
+        )
+        for r in runs
+    ]
+
+
+def run_transitions(transitions: list[Transition], run: RunView) -> list[Transition]:
+    """The transitions of one run; the first run also owns the job's own (its submission)."""
+    return [
+        t
+        for t in transitions
+        if t.flow_run_id == run.flow_run_id or (t.flow_run_id is None and run.number == 1)
+    ]
+
+
+def _no_such_run(job_id: str, number: int, runs: list[RunView]) -> JobNotFound:
+    error = JobNotFound(job_id)
+    have = f"runs 1-{len(runs)}" if len(runs) > 1 else ("run 1" if runs else "no runs yet")
+    error.args = (f"job {job_id} has no run {number} (it has {have})",)
+    return error
 
 
 def _view_from_ref(ref: JobRef, position: int | None) -> JobView:
@@ -106,6 +232,7 @@ def timeline(transitions: list[Transition]) -> list[TimelineStep]:
                 source=t.source,
                 message=t.message,
                 legal=t.legal,
+                attempt=t.attempt,
             )
         )
     return steps
@@ -144,6 +271,37 @@ class JobHistoryService:
         waiting = [*state.staged, *state.pending]
         return generating + [_view_from_ref(r, i) for i, r in enumerate(waiting, 1)]
 
+    async def arefresh(self, job_id: str | None = None) -> bool:
+        """Copy what changed in Prefect into the store first: ``job_id``'s runs, or everything
+        new. False when no Prefect server could be asked (the store is as last synced)."""
+        from stablenew.orchestration._prefect import prefect_client
+        from stablenew.orchestration.exporter import sync, sync_job
+
+        output_root = get_settings().resolved_output_root
+        try:
+            async with prefect_client() as client:
+                if job_id is None:
+                    await sync(client, self.store, output_root=output_root)
+                else:
+                    await sync_job(client, self.store, job_id, output_root=output_root)
+        except (PrefectUnavailable, HistoryError) as e:
+            logger.info("history not refreshed: %s", e)
+            return False
+        return True
+
+    def refresh(self, job_id: str | None = None) -> bool:
+        """:meth:`arefresh`, for a job id or any unique prefix of one (a prefix the store does
+        not know yet gets a full incremental sync)."""
+        full: str | None = None
+        if job_id is not None:
+            try:
+                full = self.store.resolve_job_id(job_id)
+            except AmbiguousJobId:
+                raise
+            except JobNotFound:
+                full = None
+        return _run(self.arefresh(full))
+
     def list_recent(self, *, limit: int = 50, offset: int = 0, **filters: Any) -> list[JobView]:
         args: FilterArgs = filters  # type: ignore[assignment]
         page = self.store.list_jobs(limit=limit, offset=offset, **args)
@@ -154,21 +312,41 @@ class JobHistoryService:
         :class:`JobNotFound`, or :class:`AmbiguousJobId` listing a few candidates."""
         return self.store.resolve_job_id(prefix)
 
-    def get(self, job_id: str) -> JobView:
-        """The job with this id, or the one recorded job whose id starts with it."""
-        return view_from_row(self.store.get_job(self.resolve_job_id(job_id)))
+    def get(self, job_id: str, *, refresh: bool = True) -> JobDetail:
+        """The job with this id (or the one recorded job whose id starts with it), with its
+        runs; current unless ``refresh`` is False."""
+        if refresh:
+            self.refresh(job_id)
+        row = self.store.get_job(self.resolve_job_id(job_id))
+        view = view_from_row(row)
+        return JobDetail(**view.model_dump(), runs=run_views(self.store.runs_of(row.job_id)))
 
-    def explain(self, job_id: str) -> Explanation:
-        """Everything known about one job; ``job_id`` may be a unique prefix."""
+    def explain(self, job_id: str, run: int | None = None, *, refresh: bool = True) -> Explanation:
+        """Everything known about one job; ``job_id`` may be a unique prefix. The timeline is
+        of run number ``run`` (default: the latest); :class:`JobNotFound` if there is none.
+        Current unless ``refresh`` is False."""
+        if refresh:
+            self.refresh(job_id)
         row = self.store.get_job(self.resolve_job_id(job_id))
         record = row.record()
+        runs = run_views(self.store.runs_of(row.job_id))
+        transitions = self.store.transitions(row.job_id)
+        chosen: RunView | None = runs[-1] if runs else None
+        if run is not None:
+            chosen = next((r for r in runs if r.number == run), None)
+            if chosen is None:
+                raise _no_such_run(row.job_id, run, runs)
         return Explanation(
             job=view_from_row(row),
             record=record,
             provenance=provenance(record),
-            timeline=timeline(self.store.transitions(row.job_id)),
+            run=chosen,
+            runs=runs,
+            timeline=timeline(
+                run_transitions(transitions, chosen) if chosen is not None else transitions
+            ),
             webui_requests=[
                 {"path": path, "body": body} for path, body in describe_requests(record)
             ],
-            error=row.error,
+            error=chosen.error if chosen is not None else row.error,
         )

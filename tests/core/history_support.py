@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from stablenew.history import SqliteHistoryStore
+from stablenew.history import SqliteHistoryStore, StatusEvent
+from stablenew.lifecycle import JobStatus
 from stablenew.records import NormalizedJobRecord
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -46,6 +47,35 @@ def make_record(**over: Any) -> NormalizedJobRecord:
     }
     fields.update(over)
     return NormalizedJobRecord(**fields)
+
+
+def run_events(
+    job_id: str,
+    flow_run_id: str,
+    start: float,
+    end: JobStatus,
+    *,
+    took: float = 3.0,
+    worker: str = "gpu-0",
+    attempt: int | None = None,
+) -> list[StatusEvent]:
+    """One run's events as the exporter reports them: queued at ``start``, running a second
+    later (unless it ends while queued), then ``end`` ``took`` seconds after it started."""
+    common: dict[str, Any] = {"job_id": job_id, "flow_run_id": flow_run_id, "attempt": attempt}
+    events = [StatusEvent(status=JobStatus.QUEUED, at=at(start), **common)]
+    if end is JobStatus.CANCELLED and took == 0:
+        return [*events, StatusEvent(status=end, at=at(start + 0.5), **common)]
+    events.append(StatusEvent(status=JobStatus.RUNNING, at=at(start + 1), worker=worker, **common))
+    events.append(
+        StatusEvent(
+            status=end,
+            at=at(start + 1 + took),
+            error="boom" if end is JobStatus.FAILED else None,
+            outputs=(f"out/{flow_run_id}/000.png",) if end is JobStatus.COMPLETED else None,
+            **common,
+        )
+    )
+    return events
 
 
 def write_jobs(path: str, tag: str, n: int) -> None:

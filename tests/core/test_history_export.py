@@ -41,7 +41,7 @@ def _expected(store: SqliteHistoryStore, **filters: Any) -> list[JobRow]:
 
 
 _INT_FIELDS = {"row_index", "combo_index", "variant_index", "batch_index", "steps", "seed"}
-_INT_FIELDS |= {"width", "height"}
+_INT_FIELDS |= {"width", "height", "runs"}
 
 
 def _normalize(value: Any, name: str) -> Any:
