@@ -196,8 +196,12 @@ async def sync(
     for run in await read_runs_by_id(client, open_ids, left_scheduled=True):
         runs[run.id] = run
     stats = await _record_runs(client, store, list(runs.values()), output_root)
+    # Never past now: a run scheduled for later would otherwise move the watermark ahead of
+    # every run created (or retried) meanwhile, and the next syncs would skip them.
+    now = datetime.now(UTC)
     newest = max(
-        (r.expected_start_time for r in runs.values() if r.expected_start_time), default=since
+        (min(r.expected_start_time, now) for r in runs.values() if r.expected_start_time),
+        default=since,
     )
     if newest is not None and (since is None or newest > since):
         store.set_watermark(newest.isoformat(), WATERMARK)

@@ -133,3 +133,40 @@ def test_reads_are_current_without_a_manual_sync(live: LiveStack, tmp_path: Path
         assert explained.run is not None
         assert explained.run.status is JobStatus.COMPLETED
         assert [t.to_status for t in store.transitions(rec.job_id)][-1] is JobStatus.COMPLETED
+
+
+def test_a_run_scheduled_for_later_does_not_hide_newer_ones(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from stablenew.orchestration.deployments import RENDER_DEPLOYMENT, RENDER_FLOW_NAME
+
+    later = make_record("tomorrow, maybe")
+
+    async def schedule_tomorrow() -> None:
+        async with prefect_client() as client:
+            deployment = await client.read_deployment_by_name(
+                f"{RENDER_FLOW_NAME}/{RENDER_DEPLOYMENT}"
+            )
+            await client.create_flow_run_from_deployment(
+                deployment.id,
+                parameters={"record": later.model_dump(mode="json")},
+                state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(days=1)),
+                idempotency_key=later.job_id,
+                work_queue_name="low",
+            )
+
+    asyncio.run(schedule_tomorrow())
+    service = JobService()
+    try:
+        with SqliteHistoryStore(tmp_path / "history.db") as store:
+            _sync(store, live.output_root)
+            assert store.get_job(later.job_id).status is JobStatus.QUEUED
+            now = make_record("today")
+            service.submit([now])
+            assert _finish(service, now.job_id) is JobStatus.COMPLETED
+            _sync(store, live.output_root)
+            assert store.get_job(now.job_id).status is JobStatus.COMPLETED
+    finally:
+        service.cancel(later.job_id)
