@@ -2,9 +2,10 @@
 ``explain`` — everything known about one job (and each of its runs) in one place.
 
 Reads are current: before answering, the service copies what changed in Prefect into the
-store (one request for one job; an incremental sync for lists), so a run that finished a
-moment ago is there without waiting for the minutely export. With no Prefect server to ask,
-it answers from the store as last synced.
+store (one request for one job whose runs are not all finished, or that the store does not
+know yet; an incremental sync for lists), so a run that finished a moment ago is there
+without waiting for the minutely export. With no Prefect server to ask, it answers from the
+store as last synced.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, Field
 
 from stablenew.errors import AmbiguousJobId, HistoryError, JobNotFound, PrefectUnavailable
-from stablenew.history import FilterArgs, JobRow, RunRow, SqliteHistoryStore, Transition
+from stablenew.history import FilterArgs, JobRow, Rating, RunRow, SqliteHistoryStore, Transition
+from stablenew.history.learn import LearnReport, learn
 from stablenew.lifecycle import JobStatus
 from stablenew.orchestration.jobs import JobRef, JobService
 from stablenew.records import NormalizedJobRecord
@@ -77,6 +79,9 @@ class JobView(BaseModel):
     run_count: int = Field(
         default=0, description="Runs (Prefect flow runs) of the job; the figures are the latest's."
     )
+    stars: int | None = Field(default=None, description="Its rating, 1..5, if rated.")
+    favourite: bool = False
+    rating_note: str | None = None
 
 
 class RunView(BaseModel):
@@ -141,7 +146,7 @@ class Explanation(BaseModel):
     error: str | None = None
 
 
-def view_from_row(row: JobRow) -> JobView:
+def view_from_row(row: JobRow, rating: Rating | None = None) -> JobView:
     return JobView(
         job_id=row.job_id,
         name=row.record().run_name,
@@ -160,6 +165,9 @@ def view_from_row(row: JobRow) -> JobView:
         last_error=row.error,
         outputs=list(row.outputs or ()),
         run_count=row.runs,
+        stars=rating.stars if rating else None,
+        favourite=rating.favourite if rating else False,
+        rating_note=rating.note if rating else None,
     )
 
 
@@ -300,12 +308,22 @@ class JobHistoryService:
                 raise
             except JobNotFound:
                 full = None
+            # Every run known and finished: nothing to ask Prefect (asking costs ~50 ms of
+            # client set-up and a request per read). A run created since reaches the store
+            # at the next list or export sync, or at once through `submit`/`run`/`rerun`.
+            if full is not None and self._settled(full):
+                return True
         return _run(self.arefresh(full))
+
+    def _settled(self, job_id: str) -> bool:
+        runs = self.store.runs_of(job_id)
+        return bool(runs) and all(r.status.is_terminal for r in runs)
 
     def list_recent(self, *, limit: int = 50, offset: int = 0, **filters: Any) -> list[JobView]:
         args: FilterArgs = filters  # type: ignore[assignment]
         page = self.store.list_jobs(limit=limit, offset=offset, **args)
-        return [view_from_row(r) for r in page.items]
+        rated = self.store.ratings(r.job_id for r in page.items)
+        return [view_from_row(r, rated.get(r.job_id)) for r in page.items]
 
     def resolve_job_id(self, prefix: str) -> str:
         """The full id of the one recorded job ``prefix`` starts (or is); raises
@@ -318,7 +336,7 @@ class JobHistoryService:
         if refresh:
             self.refresh(job_id)
         row = self.store.get_job(self.resolve_job_id(job_id))
-        view = view_from_row(row)
+        view = view_from_row(row, self.store.rating(row.job_id))
         return JobDetail(**view.model_dump(), runs=run_views(self.store.runs_of(row.job_id)))
 
     def explain(self, job_id: str, run: int | None = None, *, refresh: bool = True) -> Explanation:
@@ -337,7 +355,7 @@ class JobHistoryService:
             if chosen is None:
                 raise _no_such_run(row.job_id, run, runs)
         return Explanation(
-            job=view_from_row(row),
+            job=view_from_row(row, self.store.rating(row.job_id)),
             record=record,
             provenance=provenance(record),
             run=chosen,
@@ -350,3 +368,27 @@ class JobHistoryService:
             ],
             error=chosen.error if chosen is not None else row.error,
         )
+
+    # -- ratings ----------------------------------------------------------------------------
+
+    def _known(self, job_id: str) -> str:
+        """The full id of a job the store knows, syncing it from Prefect first."""
+        self.refresh(job_id)
+        return self.resolve_job_id(job_id)
+
+    def rate(self, job_id: str, stars: int, *, note: str | None = None) -> Rating:
+        """Give a job (any unique start of its id) 1..5 stars; its latest run is the one
+        judged. Rating again replaces the stars (and the note, when one is given)."""
+        return self.store.rate(self._known(job_id), stars, note=note)
+
+    def favourite(self, job_id: str, on: bool | None = None) -> Rating:
+        """Mark (``on=True``), unmark (False) or toggle (None) a job as a favourite."""
+        return self.store.set_favourite(self._known(job_id), on)
+
+    def learn(self, pack: str, *, min_ratings: int | None = None) -> LearnReport:
+        """Per matrix slot and varied setting of ``pack``'s rated jobs: mean stars, counts and
+        favourites of each value, best first (see :mod:`stablenew.history.learn`)."""
+        rated = [(row.record(), rating) for row, rating in self.store.rated_jobs(pack)]
+        if min_ratings is None:
+            return learn(rated, pack=pack)
+        return learn(rated, pack=pack, min_ratings=min_ratings)
