@@ -28,6 +28,7 @@ from stablenew.errors import (
     WebUIUnreachable,
 )
 from stablenew.history import SqliteHistoryStore, open_store
+from stablenew.history.learn import LearnReport, learn
 from stablenew.lifecycle import JobStatus, status_from_prefect
 from stablenew.packs import load_pack
 from stablenew.records import LoraRef, NormalizedJobRecord, StageSpec
@@ -81,6 +82,7 @@ __all__ = [
     "JobService",
     "JobStatus",
     "JobView",
+    "LearnReport",
     "LoraRef",
     "NormalizedJobRecord",
     "OrchestrationError",
@@ -106,6 +108,7 @@ __all__ = [
     "build_jobs",
     "count_jobs",
     "get_settings",
+    "learn",
     "load_pack",
     "load_settings",
     "open_store",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from stablenew.cli import gallery, history, jobs, pack, stack, webui_sim, worker
+from stablenew.cli import gallery, history, jobs, pack, ratings, stack, webui_sim, worker
 
 app = typer.Typer(
     name="stablenew",
@@ -14,7 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _group in (pack, stack, jobs, history, worker, webui_sim, gallery):
+for _group in (pack, stack, jobs, history, ratings, worker, webui_sim, gallery):
     _group.register(app)
 
 

@@ -74,6 +74,8 @@ def _filters(
     since: str | None,
     until: str | None,
     text: str | None,
+    rated: bool = False,
+    fav: bool = False,
 ) -> dict[str, Any]:
     found: dict[str, Any] = {
         "status": status or None,
@@ -82,6 +84,8 @@ def _filters(
         "since": _when(since),
         "until": _when(until),
         "text": text,
+        "rated": rated or None,
+        "favourite": fav or None,
     }
     return {k: v for k, v in found.items() if v is not None}
 
@@ -92,6 +96,8 @@ ModelOpt = typer.Option(None, "--model", help="Model name.")
 SinceOpt = typer.Option(None, "--since", help="ISO time or age (e.g. 2h).")
 UntilOpt = typer.Option(None, "--until", help="ISO time or age.")
 TextOpt = typer.Option(None, "--text", help="Substring of the prompt.")
+RatedOpt = typer.Option(False, "--rated", help="Only jobs rated with stars.")
+FavOpt = typer.Option(False, "--fav", help="Only favourites.")
 
 
 @history_app.command("ls")
@@ -103,6 +109,8 @@ def ls(
     since: str = SinceOpt,
     until: str = UntilOpt,
     text: str = TextOpt,
+    rated: bool = RatedOpt,
+    fav: bool = FavOpt,
     limit: int = typer.Option(50, "--limit", min=1, max=1000),
     offset: int = typer.Option(0, "--offset", min=0),
     json_out: bool = typer.Option(False, "--json"),
@@ -111,10 +119,11 @@ def ls(
     from stablenew.orchestration.history_service import view_from_row
 
     with _current_store() as store:
-        filters = _filters(status, pack, model, since, until, text)
+        filters = _filters(status, pack, model, since, until, text, rated, fav)
         page = store.list_jobs(limit=limit, offset=offset, **filters)
         total = store.count(**filters)
-    views = [view_from_row(r) for r in page.items]
+        ratings = store.ratings(r.job_id for r in page.items)
+    views = [view_from_row(r, ratings.get(r.job_id)) for r in page.items]
     if json_out:
         print_json({"total": total, "jobs": [v.model_dump(mode="json") for v in views]})
         return
@@ -141,6 +150,9 @@ def _jobs_table(views: list[JobView], *, title: str) -> Table:
     if "size" in shown:
         table.add_column("size", no_wrap=True)
     table.add_column("seconds", no_wrap=True, justify="right")
+    rated = any(v.stars or v.favourite for v in views)
+    if rated:
+        table.add_column("rating", no_wrap=True)
     for v in views:
         table.add_row(
             v.job_id,
@@ -150,8 +162,17 @@ def _jobs_table(views: list[JobView], *, title: str) -> Table:
             v.model or "",
             *([v.size or ""] if "size" in shown else []),
             f"{v.duration_s:.2f}" if v.duration_s is not None else "",
+            *([rating_text(v.stars, v.favourite)] if rated else []),
         )
     return table
+
+
+def rating_text(stars: int | None, favourite: bool) -> str:
+    """'4/5 fav', '3/5', 'fav' or ''."""
+    parts = [f"{stars}/5"] if stars else []
+    if favourite:
+        parts.append("fav")
+    return " ".join(parts)
 
 
 @history_app.command("show")
@@ -236,6 +257,13 @@ def explain(
         print_json(info.model_dump(mode="json"))
         return
     console.print(f"[bold]{info.job.name}[/] ({info.job.job_id}): {info.job.status.value}")
+    if info.job.stars or info.job.favourite:
+        note = f" - {info.job.rating_note}" if info.job.rating_note else ""
+        console.print(
+            f"rating: {rating_text(info.job.stars, info.job.favourite)}{note}",
+            highlight=False,
+            markup=False,
+        )
     if info.run is not None:
         chosen = info.run
         why = _origin(chosen)
@@ -293,11 +321,13 @@ def export(
     since: str = SinceOpt,
     until: str = UntilOpt,
     text: str = TextOpt,
+    rated: bool = RatedOpt,
+    fav: bool = FavOpt,
 ) -> None:
-    """Stream the history (filtered) as CSV or JSONL; memory stays flat."""
+    """Stream the history (filtered) as CSV or JSONL, ratings included; memory stays flat."""
     if fmt not in ("csv", "jsonl"):
         fail(f"--format must be csv or jsonl, got {fmt!r}", EXIT_BAD_INPUT)
-    filters = _filters(status, pack, model, since, until, text)
+    filters = _filters(status, pack, model, since, until, text, rated, fav)
     with _current_store() as store:
         n = store.export(fmt, out if out is not None else sys.stdout, **filters)  # type: ignore[arg-type]
     if out is not None:

@@ -18,6 +18,7 @@ from stablenew.cli._output import (
     EXIT_OK,
     KEEP_ORDER_HELP,
     console,
+    err_console,
     fail,
     guarded,
     order_note,
@@ -30,7 +31,10 @@ from stablenew.settings import get_settings
 P = ParamSpec("P")
 R = TypeVar("R")
 
-queue_app = typer.Typer(help="Show, pause or resume the GPU queue.", invoke_without_command=True)
+queue_app = typer.Typer(
+    help="Show, pause, resume or reorder the GPU queue; edit a queued job.",
+    invoke_without_command=True,
+)
 
 
 def register(root: typer.Typer) -> None:
@@ -279,3 +283,91 @@ def resume() -> None:
     _service().resume()
     console.print("Resumed.")
     raise typer.Exit(EXIT_OK)
+
+
+def _print_replaced(result: Any, json_out: bool) -> None:
+    if json_out:
+        print_json(result.model_dump(mode="json"))
+    elif result.done:
+        console.print(result.message, highlight=False)
+    else:
+        err_console.print(f"[yellow]not changed[/]: {result.message}", highlight=False)
+
+
+@queue_app.command("move")
+@guarded
+@with_prefect
+def move(
+    job_id: str = typer.Argument(..., help="Queued job to move, or any unique start of it."),
+    priority: str = typer.Option(
+        None, "--priority", "-p", help=f"To the end of this queue: {', '.join(PRIORITIES)}."
+    ),
+    front: bool = typer.Option(
+        False, "--front", help="To the front of its queue (of --priority's, with it)."
+    ),
+    after: str = typer.Option(None, "--after", help="Right after this job, in its queue."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Move a queued job: same job id, a new run in the new place, the old run cancelled once
+    the new one exists. A job a worker has claimed meanwhile stays as it is (exit 1)."""
+    from stablenew.orchestration.queue_control import JobNotQueued
+
+    if not (priority or front or after) or (after and (priority or front)):
+        fail("give --priority P, --front (with or without --priority), or --after ID", 2)
+    prio = check_priority(priority) if priority else None
+    try:
+        result = _service().move(
+            _full_job_id(job_id),
+            priority=prio,
+            front=front,
+            after=_full_job_id(after) if after else None,
+        )
+    except JobNotQueued as e:
+        fail(str(e), EXIT_BAD_INPUT)
+    _print_replaced(result, json_out)
+    if not result.done:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@queue_app.command("edit")
+@guarded
+@with_prefect
+def edit(
+    job_id: str = typer.Argument(..., help="Queued job to edit, or any unique start of it."),
+    assignments: list[str] = typer.Option(
+        ..., "--set", help="key=value, e.g. steps=30 or sampler='DPM++ 2M' (repeatable)."
+    ),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Edit a queued job's settings. Checked as the builder checks a pack (same messages and
+    limits); the edited job has a new id naming the old one as parent and takes its place.
+    Running or finished jobs cannot be edited (exit 2)."""
+    from stablenew.orchestration.queue_control import JobNotQueued
+    from stablenew.orchestration.record_edit import parse_assignments
+
+    changes = parse_assignments(assignments)
+    full = _full_job_id(job_id)
+    try:
+        result = _service().edit(full, changes, limits=_pack_limits(full))
+    except JobNotQueued as e:
+        fail(str(e), EXIT_BAD_INPUT)
+    _print_replaced(result, json_out)
+    if not result.done:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _pack_limits(job_id: str) -> Any:
+    """The limits of the job's pack where a pack of that name is found; else the defaults."""
+    from stablenew.cli._pack_arg import known_packs
+    from stablenew.errors import PackError
+    from stablenew.packs import load_pack
+    from stablenew.packs.model import Limits
+
+    pack_id = _service().status(job_id).pack_id
+    path = known_packs().get(pack_id or "")
+    if path is None:
+        return Limits()
+    try:
+        return load_pack(path).spec.limits
+    except PackError:
+        return Limits()

@@ -7,7 +7,16 @@ import sqlite3
 from typing import Any
 
 from stablenew.errors import HistoryError
-from stablenew.history.models import JobFilter, JobRow, Order, RunRow, Transition, from_us, to_us
+from stablenew.history.models import (
+    JobFilter,
+    JobRow,
+    Order,
+    Rating,
+    RunRow,
+    Transition,
+    from_us,
+    to_us,
+)
 
 # Columns of a JobRow, in JobRow field order (cursor excepted); times are microseconds.
 JOB_COLUMNS = (
@@ -65,6 +74,7 @@ RUN_COLUMNS = (
     "reason",
 )
 SELECT_RUNS = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"
+SELECT_RATINGS = "SELECT job_id, flow_run_id, stars, note, favourite, at FROM ratings"
 SELECT_TRANSITIONS = (
     "SELECT id, job_id, flow_run_id, attempt, from_status, to_status, at, source, message, legal"
     " FROM transitions"
@@ -101,6 +111,12 @@ def where(flt: JobFilter) -> tuple[str, list[Any]]:
         # The full positive prompt lives only in the record; LIKE is ASCII case-insensitive.
         clauses.append("json_extract(record_json, '$.prompt') LIKE ? ESCAPE '\\'")
         params.append(f"%{_escape_like(flt.text)}%")
+    if flt.rated is not None:
+        negate = "" if flt.rated else "NOT "
+        clauses.append(f"job_id {negate}IN (SELECT job_id FROM ratings WHERE stars IS NOT NULL)")
+    if flt.favourite is not None:
+        negate = "" if flt.favourite else "NOT "
+        clauses.append(f"job_id {negate}IN (SELECT job_id FROM ratings WHERE favourite = 1)")
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
@@ -180,6 +196,17 @@ def run_row(row: sqlite3.Row) -> RunRow:
             )
             for name in RUN_COLUMNS
         }
+    )
+
+
+def rating(row: sqlite3.Row) -> Rating:
+    return Rating(
+        job_id=row["job_id"],
+        flow_run_id=row["flow_run_id"],
+        stars=row["stars"],
+        note=row["note"],
+        favourite=bool(row["favourite"]),
+        at=from_us(row["at"]),
     )
 
 

@@ -21,6 +21,7 @@ from stablenew.history.models import (
     JobRow,
     Order,
     Page,
+    Rating,
     RunRow,
     StatusEvent,
     Submission,
@@ -126,6 +127,37 @@ class HistoryStore(Protocol):
     ) -> int: ...
 
     def prune(self, older_than: timedelta | None = None, keep_last: int | None = None) -> int: ...
+
+    def rate(
+        self,
+        job_id: str,
+        stars: int,
+        *,
+        note: str | None = None,
+        flow_run_id: str | None = None,
+        at: datetime | None = None,
+    ) -> Rating:
+        """Give the job 1..5 stars (a note replaces the earlier one); one rating per job."""
+        ...
+
+    def set_favourite(
+        self,
+        job_id: str,
+        favourite: bool | None = None,
+        *,
+        flow_run_id: str | None = None,
+        at: datetime | None = None,
+    ) -> Rating:
+        """Mark or unmark the job as a favourite; None toggles."""
+        ...
+
+    def rating(self, job_id: str) -> Rating | None: ...
+
+    def ratings(self, job_ids: Iterable[str]) -> dict[str, Rating]: ...
+
+    def rated_jobs(self, pack: str) -> list[tuple[JobRow, Rating]]:
+        """The pack's jobs that have a rating or a favourite mark, oldest first."""
+        ...
 
     def get_watermark(self, name: str = "prefect") -> str | None: ...
 

@@ -11,6 +11,8 @@ left to do. Never edit a released migration: append a new one.
 4. ``runs``: each Prefect flow run of a job (its own status, times, outputs, attempts and
    lineage); ``jobs.runs`` counts them; transitions belong to a run (``flow_run_id``,
    ``attempt``) and are unique per run. Existing jobs with a flow run become that run, number 1.
+5. ``ratings``: a person's judgement of a job (at most one row per job): stars 1..5 (or none
+   yet), a note, whether it is a favourite, the run whose images were judged, and when.
 """
 
 from __future__ import annotations
@@ -150,7 +152,20 @@ CREATE UNIQUE INDEX ux_transitions_run_event
     ON transitions(job_id, COALESCE(flow_run_id, ''), to_status, at);
 """
 
-MIGRATIONS: Sequence[str] = (_V1, _V2, _V3, _V4)
+# A favourite need not be rated (stars NULL); deleting a job (prune) deletes its rating.
+_V5 = """
+CREATE TABLE ratings (
+    job_id      TEXT PRIMARY KEY REFERENCES jobs(job_id) ON DELETE CASCADE,
+    flow_run_id TEXT,
+    stars       INTEGER CHECK (stars IS NULL OR stars BETWEEN 1 AND 5),
+    note        TEXT,
+    favourite   INTEGER NOT NULL DEFAULT 0 CHECK (favourite IN (0, 1)),
+    at          INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX ix_ratings_favourite ON ratings(favourite, job_id);
+"""
+
+MIGRATIONS: Sequence[str] = (_V1, _V2, _V3, _V4, _V5)
 """``MIGRATIONS[n - 1]`` brings a database from version ``n - 1`` to ``n``."""
 
 LATEST_VERSION = len(MIGRATIONS)

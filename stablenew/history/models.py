@@ -215,6 +215,19 @@ class Transition(_Frozen):
     legal: bool
 
 
+class Rating(_Frozen):
+    """A person's judgement of a job (one per job; rating again replaces it)."""
+
+    job_id: str
+    flow_run_id: str | None = Field(
+        default=None, description="The run whose images were judged (the latest, by default)."
+    )
+    stars: int | None = Field(default=None, ge=1, le=5, description="1..5; None: not rated.")
+    note: str | None = None
+    favourite: bool = False
+    at: datetime = Field(description="When it was last changed.")
+
+
 class FilterArgs(TypedDict, total=False):
     """Keyword filters shared by ``list_jobs``, ``count`` and ``export``."""
 
@@ -224,6 +237,8 @@ class FilterArgs(TypedDict, total=False):
     since: datetime | None
     until: datetime | None
     text: str | None
+    rated: bool | None
+    favourite: bool | None
 
 
 class JobFilter(_Frozen):
@@ -238,6 +253,8 @@ class JobFilter(_Frozen):
         default=None,
         description="Case-insensitive (ASCII) substring of the full positive prompt.",
     )
+    rated: bool | None = Field(default=None, description="True: has stars; False: has none.")
+    favourite: bool | None = Field(default=None, description="True: favourites; False: not.")
 
     @field_validator("status", mode="before")
     @classmethod

@@ -37,6 +37,7 @@ from stablenew.errors import AmbiguousJobId, HistoryError, JobNotFound
 from stablenew.history import _query, _write
 from stablenew.history._connection import Database, translate_errors
 from stablenew.history._export import write_export
+from stablenew.history._ratings import RatingsMixin
 from stablenew.history.models import (
     ExportFormat,
     FilterArgs,
@@ -85,8 +86,9 @@ def open_store(url: str | Path, *, read_only: bool = False) -> SqliteHistoryStor
     return SqliteHistoryStore(url, read_only=read_only)
 
 
-class SqliteHistoryStore:
-    """The :class:`~stablenew.history.base.HistoryStore` on one SQLite file."""
+class SqliteHistoryStore(RatingsMixin):
+    """The :class:`~stablenew.history.base.HistoryStore` on one SQLite file (ratings and
+    favourites: :class:`~stablenew.history._ratings.RatingsMixin`)."""
 
     def __init__(
         self,

@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field
 
 from stablenew.errors import DuplicateJob, JobNotFound, OrchestrationError, SubmissionError
 from stablenew.lifecycle import JobStatus, status_from_prefect
+from stablenew.orchestration import queue_control
 from stablenew.orchestration._prefect import PAGE, check_reachable, prefect_client, read_runs_by_id
 from stablenew.orchestration.deployments import RENDER_DEPLOYMENT, RENDER_FLOW_NAME, RENDER_TASK
 from stablenew.orchestration.pool import (
@@ -50,9 +51,11 @@ from stablenew.orchestration.pool import (
     WORKER_TYPE,
     check_priority,
 )
+from stablenew.orchestration.queue_control import Replaced
 from stablenew.orchestration.submission import BULK, MAX_RESUBMITS, Batch, Lineage
 from stablenew.orchestration.worker_state import read_gpu_holders, read_published
 from stablenew.ordering import group_by_model
+from stablenew.packs.model import Limits
 from stablenew.records import MAX_SEED, NormalizedJobRecord, derive_with_seed
 
 logger = logging.getLogger(__name__)
@@ -184,6 +187,7 @@ class JobService:
         group_models: bool = True,
         on_created: Callable[[int], None] | None = None,
         lineage: Mapping[str, Lineage] | None = None,
+        scheduled_at: datetime | None = None,
     ) -> list[FlowRun]:
         """:meth:`asubmit`, returning the created flow runs (input order).
 
@@ -192,14 +196,15 @@ class JobService:
         ``group_models`` jobs that share a checkpoint are queued together (first-seen model
         first, input order inside each; see :func:`stablenew.ordering.group_by_model`),
         otherwise in input order. Each gets a scheduled time one microsecond after the
-        previous, so FIFO inside a queue follows that order exactly.
+        previous (the first at ``scheduled_at``, default now), so FIFO inside a queue follows
+        that order exactly.
         """
         prio = check_priority(priority)
         valid = self._validate(records)
         if not valid:
             return []
         submission = uuid.uuid4().hex
-        base = datetime.now(UTC)
+        base = scheduled_at or datetime.now(UTC)
         async with prefect_client() as client:
             await check_reachable(client)
             try:
@@ -294,6 +299,49 @@ class JobService:
     ) -> str:
         """:meth:`arerun`; returns the job id of the new run (another id for a new seed)."""
         return _job_id_of(asyncio.run(self.arerun(job_id, seed=seed, priority=priority)))
+
+    # -- queue control (see queue_control) ---------------------------------------------------
+
+    async def amove(
+        self,
+        job_id: str,
+        *,
+        priority: str | None = None,
+        front: bool = False,
+        after: str | None = None,
+    ) -> Replaced:
+        """Give a queued job another place: the end of ``priority``'s queue, the ``front`` of
+        its queue, or right ``after`` another job. Same job id; a new run (lineage ``move``)
+        replaces the old one, which is cancelled only once the new one exists. A job a worker
+        claimed meanwhile stays as it was (``done`` False)."""
+        async with prefect_client() as client:
+            return await queue_control.move(
+                self, client, job_id, priority=priority, front=front, after=after
+            )
+
+    def move(
+        self,
+        job_id: str,
+        *,
+        priority: str | None = None,
+        front: bool = False,
+        after: str | None = None,
+    ) -> Replaced:
+        return asyncio.run(self.amove(job_id, priority=priority, front=front, after=after))
+
+    async def aedit(
+        self, job_id: str, changes: Mapping[str, Any], *, limits: Limits | None = None
+    ) -> Replaced:
+        """Replace a queued job by its record with ``changes`` (e.g. ``{"steps": 30}``),
+        validated as the builder validates a pack (:class:`PackError` otherwise, nothing
+        changed): a new job id whose lineage names this one, in the same place."""
+        async with prefect_client() as client:
+            return await queue_control.edit(self, client, job_id, changes, limits=limits)
+
+    def edit(
+        self, job_id: str, changes: Mapping[str, Any], *, limits: Limits | None = None
+    ) -> Replaced:
+        return asyncio.run(self.aedit(job_id, changes, limits=limits))
 
     @staticmethod
     def _validate(

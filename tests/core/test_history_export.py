@@ -1,4 +1,5 @@
-"""History export: CSV and JSON Lines parse back to exactly what the store holds."""
+"""History export: CSV and JSON Lines parse back to exactly what the store holds, ratings and
+favourites included."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ def store(tmp_path: Path) -> Iterator[SqliteHistoryStore]:
             recs[0].job_id, JobStatus.COMPLETED, at(7.5), outputs=["o/a.png", "o/b.png"]
         )
         s.record_transition(recs[2].job_id, JobStatus.FAILED, at(6), error='bad "thing"\n2')
+        s.rate(recs[0].job_id, 4, note='crisp, "sharp"', at=at(8))
+        s.set_favourite(recs[0].job_id, at=at(9))
+        s.set_favourite(recs[1].job_id, True, at=at(9))
         yield s
 
 
@@ -63,14 +67,19 @@ def _comparable(row: JobRow) -> dict[str, Any]:
     return row.model_dump(exclude={"cursor", "record_json"})
 
 
+# What the fixture rated, by row (created order): stars, favourite, note.
+_RATED = [(4, True, 'crisp, "sharp"'), (None, True, None), (None, False, None)]
+
+
 def test_jsonl_round_trip(store: SqliteHistoryStore) -> None:
     buf = io.StringIO()
     assert store.export("jsonl", buf) == 3
     lines = buf.getvalue().splitlines()
     rows = _expected(store)
     assert len(lines) == len(rows)
-    for line, row in zip(lines, rows, strict=True):
+    for line, row, rated in zip(lines, rows, _RATED, strict=True):
         obj = json.loads(line)
+        assert (obj.pop("stars"), obj.pop("favourite"), obj.pop("rating_note")) == rated
         record = obj.pop("record")
         assert NormalizedJobRecord.model_validate(record) == row.record()
         assert row.record_json in line  # embedded verbatim, byte for byte
@@ -84,8 +93,10 @@ def test_csv_round_trip(store: SqliteHistoryStore, tmp_path: Path) -> None:
     with out.open(encoding="utf-8", newline="") as fh:
         parsed = list(csv.DictReader(fh))
     rows = _expected(store)
-    for got, row in zip(parsed, rows, strict=True):
+    for got, row, (stars, fav, note) in zip(parsed, rows, _RATED, strict=True):
         assert got.pop("record_json") == row.record_json
+        rating = (got.pop("stars"), got.pop("favourite"), got.pop("rating_note"))
+        assert rating == (str(stars or ""), str(int(fav)), note or "")
         want = _comparable(row)
         normalized = {k: _normalize(v, k) for k, v in got.items()}
         # CSV cannot tell NULL from "", so compare the nullable text columns loosely.
