@@ -15,8 +15,9 @@
     │   └── WebUIInterrupted                answered 200 after an interrupt    (not retryable)
     ├── OrchestrationError                  Prefect-side problems
     │   ├── PrefectUnavailable              no Prefect API at the URL tried
-    │   └── SubmissionError                 a submit call failed; says what was rolled back
-    │       └── DuplicateJob (ValueError)   an identical job is already queued, running or done
+    │   ├── SubmissionError                 a submit call failed; says what was rolled back
+    │   │   └── DuplicateJob (ValueError)   an identical job is already queued, running or done
+    │   └── JobNotQueued (ValueError)       move/edit of a job that is no longer waiting
     ├── JobNotFound (LookupError)           no job with that id
     │   └── AmbiguousJobId                  a job id prefix that more than one job starts with
     └── HistoryError                        the history store failed (never fails a job)
@@ -171,6 +172,18 @@ class DuplicateJob(SubmissionError, ValueError):
             f"{prefix}job {job_id} is already submitted ({existing}); to run it again use "
             "`--allow-duplicates` (CLI) or `allow_duplicates=True` (SDK)",
             rolled_back=rolled_back,
+        )
+
+
+class JobNotQueued(OrchestrationError, ValueError):
+    """The job's latest run is no longer waiting in its queue (running, staged or finished):
+    it cannot be moved or edited."""
+
+    def __init__(self, job_id: str, state: str) -> None:
+        self.job_id = job_id
+        self.state = state
+        super().__init__(
+            f"job {job_id} is {state}, not queued: only a queued job can be moved or edited"
         )
 
 

@@ -185,6 +185,13 @@ def test_one_stack_found_from_anywhere(stack_user: tuple[User, dict[str, Any]]) 
     assert Path(run["gallery"]).is_file()
     assert Path(run["history"].removeprefix("sqlite:///")).is_relative_to(user.data_dir)
 
+    # A re-run is a second run of the same job, in the history at once (no `history sync`).
+    job = _json(user.cli("history", "ls", "--pack", "fox-matrix", "--json"))["jobs"][0]["job_id"]
+    assert user.cli("rerun", job[:-4], cwd=user.home).returncode == 0
+    explained = _json(user.cli("explain", job, "--json"))
+    assert len(explained["runs"]) == 2
+    assert explained["runs"][-1]["reason"] == "rerun"
+
     # A refused duplicate is bad input, and the message names the flag.
     again = user.cli("submit", str(ROOT / "configs/packs/demo.yaml"), "-p", "low")
     assert again.returncode == 2, again.stderr

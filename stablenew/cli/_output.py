@@ -16,6 +16,7 @@ from stablenew.errors import (
     ConfigError,
     DuplicateJob,
     JobNotFound,
+    JobNotQueued,
     OrchestrationError,
     PackError,
     PrefectUnavailable,
@@ -52,7 +53,7 @@ def print_json(data: Any) -> None:
 
 
 def _code_for(error: StableNewError) -> int:
-    if isinstance(error, PackError | ConfigError | JobNotFound | DuplicateJob):
+    if isinstance(error, PackError | ConfigError | JobNotFound | DuplicateJob | JobNotQueued):
         return EXIT_BAD_INPUT
     if isinstance(error, PrefectUnavailable):
         return EXIT_UNAVAILABLE

@@ -91,10 +91,13 @@ def submit(
     stack = cached_prefect(settings.home).stack
     check_pack_names(loaded, records, settings.webui.url or (stack.webui_url if stack else None))
 
+    from stablenew.cli.stack import record_submitted
+
     async def go() -> tuple[list[str], dict[str, Any] | None]:
         runs = await _service().asubmit_runs(
             records, prio, allow_duplicates=allow_duplicates, group_models=not keep_order
         )
+        await record_submitted(settings, runs)
         ids = [r.idempotency_key.split("~")[0] for r in runs]
         if not json_out:
             console.print(
@@ -170,10 +173,13 @@ def rerun(
     prio = check_priority(priority) if priority else None
     full = _full_job_id(job_id)
 
+    from stablenew.cli.stack import record_submitted
+
     async def go() -> tuple[Any, dict[str, Any] | None]:
         from stablenew.orchestration.jobs import job_ref
 
         run = await _service().arerun(full, seed=choice, priority=prio)
+        await record_submitted(get_settings(), [run])
         if not json_out:
             ref = job_ref(run)
             console.print(
@@ -310,20 +316,15 @@ def move(
 ) -> None:
     """Move a queued job: same job id, a new run in the new place, the old run cancelled once
     the new one exists. A job a worker has claimed meanwhile stays as it is (exit 1)."""
-    from stablenew.orchestration.queue_control import JobNotQueued
-
     if not (priority or front or after) or (after and (priority or front)):
         fail("give --priority P, --front (with or without --priority), or --after ID", 2)
     prio = check_priority(priority) if priority else None
-    try:
-        result = _service().move(
-            _full_job_id(job_id),
-            priority=prio,
-            front=front,
-            after=_full_job_id(after) if after else None,
-        )
-    except JobNotQueued as e:
-        fail(str(e), EXIT_BAD_INPUT)
+    result = _service().move(
+        _full_job_id(job_id),
+        priority=prio,
+        front=front,
+        after=_full_job_id(after) if after else None,
+    )
     _print_replaced(result, json_out)
     if not result.done:
         raise typer.Exit(EXIT_FAILED)
@@ -342,15 +343,11 @@ def edit(
     """Edit a queued job's settings. Checked as the builder checks a pack (same messages and
     limits); the edited job has a new id naming the old one as parent and takes its place.
     Running or finished jobs cannot be edited (exit 2)."""
-    from stablenew.orchestration.queue_control import JobNotQueued
     from stablenew.orchestration.record_edit import parse_assignments
 
     changes = parse_assignments(assignments)
     full = _full_job_id(job_id)
-    try:
-        result = _service().edit(full, changes, limits=_pack_limits(full))
-    except JobNotQueued as e:
-        fail(str(e), EXIT_BAD_INPUT)
+    result = _service().edit(full, changes, limits=_pack_limits(full))
     _print_replaced(result, json_out)
     if not result.done:
         raise typer.Exit(EXIT_FAILED)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,8 @@ from stablenew.orchestration.pool import PRIORITIES, check_priority
 from stablenew.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+
     from stablenew.orchestration.embedded import Stack
 
 
@@ -135,6 +137,21 @@ async def sync_history(settings: Settings) -> str | None:
         console.print(f"[yellow]history not updated[/]: {e}", highlight=False)
         return None
     return settings.resolved_history_url if stats is not None else None
+
+
+async def record_submitted(settings: Settings, runs: Sequence[FlowRun]) -> None:
+    """Put runs just created into the history at once, so `explain` and `history` know them
+    before the next sync; a history failure is reported, never fails the submission."""
+    from stablenew.history import open_store
+    from stablenew.orchestration._prefect import prefect_client
+    from stablenew.orchestration.exporter import record_runs
+
+    try:
+        with open_store(settings.resolved_history_url) as store:
+            async with prefect_client() as client:
+                await record_runs(client, store, list(runs), settings.resolved_output_root)
+    except StableNewError as e:
+        console.print(f"[yellow]history not updated[/]: {e}", highlight=False)
 
 
 async def _apply(pool: str) -> dict[str, Any]:

@@ -195,7 +195,7 @@ async def sync(
     open_ids = [i for i in store.open_flow_run_ids() if UUID(i) not in runs]
     for run in await read_runs_by_id(client, open_ids, left_scheduled=True):
         runs[run.id] = run
-    stats = await _record_runs(client, store, list(runs.values()), output_root)
+    stats = await record_runs(client, store, list(runs.values()), output_root)
     # Never past now: a run scheduled for later would otherwise move the watermark ahead of
     # every run created (or retried) meanwhile, and the next syncs would skip them.
     now = datetime.now(UTC)
@@ -221,7 +221,7 @@ async def sync_job(
         flow_run_filter=FlowRunFilter(idempotency_key=FlowRunFilterIdempotencyKey(any_=keys)),
         limit=len(keys),
     )
-    return await _record_runs(client, store, runs, output_root)
+    return await record_runs(client, store, runs, output_root)
 
 
 async def _attempt_start(client: PrefectClient, run: FlowRun) -> datetime | None:
@@ -234,12 +234,14 @@ async def _attempt_start(client: PrefectClient, run: FlowRun) -> datetime | None
     return max(starts) if starts else None
 
 
-async def _record_runs(
+async def record_runs(
     client: PrefectClient,
     store: SqliteHistoryStore,
     runs: list[FlowRun],
     output_root: Path | None,
 ) -> SyncStats:
+    """Write these runs (as read from Prefect) into the history: their creation and every
+    status their state implies. Also what ``submit`` calls on the runs it just created."""
     stats = SyncStats(runs_read=len(runs))
     submissions: list[Submission] = []
     events: list[StatusEvent] = []

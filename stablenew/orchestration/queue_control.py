@@ -43,7 +43,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelling, Scheduled
 from pydantic import BaseModel, Field
 
-from stablenew.errors import OrchestrationError, SubmissionError
+from stablenew.errors import JobNotQueued, SubmissionError
 from stablenew.orchestration.pool import DEFAULT_PRIORITY, check_priority
 from stablenew.orchestration.record_edit import edit_record
 from stablenew.orchestration.submission import Lineage
@@ -63,18 +63,6 @@ _STEP = timedelta(milliseconds=1)  # how far ahead of the first run "front" goes
 # Called between creating the new run and cancelling the old one; tests claim the old run
 # there to exercise the race.
 Hook = Callable[[], Awaitable[None]]
-
-
-class JobNotQueued(OrchestrationError, ValueError):
-    """The job's latest run is no longer waiting in its queue (running, staged or finished):
-    it cannot be moved or edited."""
-
-    def __init__(self, job_id: str, state: str) -> None:
-        self.job_id = job_id
-        self.state = state
-        super().__init__(
-            f"job {job_id} is {state}, not queued: only a queued job can be moved or edited"
-        )
 
 
 class Replaced(BaseModel):

@@ -14,11 +14,10 @@ from typer.testing import CliRunner
 
 from stablenew import JobService
 from stablenew.cli.app import app
-from stablenew.errors import PackError
+from stablenew.errors import JobNotQueued, PackError
 from stablenew.lifecycle import JobStatus
 from stablenew.orchestration import queue_control
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.queue_control import JobNotQueued
 from stablenew.orchestration.submission import Lineage
 from tests.orchestration.conftest import LiveStack, make_record, wait_for
 
