@@ -43,13 +43,14 @@ if TYPE_CHECKING:
         JobView,
         RunView,
     )
-    from stablenew.orchestration.jobs import JobRef, JobService, QueueState
+    from stablenew.orchestration.jobs import JobService
+    from stablenew.orchestration.queue_view import JobRef, QueueState
 
 # The orchestration layer imports Prefect (~2 s); load it only when one of these is used.
 _LAZY = {
     "JobService": "stablenew.orchestration.jobs",
-    "JobRef": "stablenew.orchestration.jobs",
-    "QueueState": "stablenew.orchestration.jobs",
+    "JobRef": "stablenew.orchestration.queue_view",
+    "QueueState": "stablenew.orchestration.queue_view",
     "JobHistoryService": "stablenew.orchestration.history_service",
     "JobView": "stablenew.orchestration.history_service",
     "JobDetail": "stablenew.orchestration.history_service",

@@ -16,7 +16,8 @@ from prefect.client.schemas.objects import FlowRun
 
 from stablenew.cli._output import console
 from stablenew.cli._progress import summarize
-from stablenew.orchestration.jobs import JobRef, JobService
+from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.queue_view import JobRef
 
 if TYPE_CHECKING:
     from stablenew.cli.stack import Target

@@ -176,7 +176,7 @@ def rerun(
     from stablenew.cli.stack import record_submitted
 
     async def go() -> tuple[Any, dict[str, Any] | None]:
-        from stablenew.orchestration.jobs import job_ref
+        from stablenew.orchestration.queue_view import job_ref
 
         run = await _service().arerun(full, seed=choice, priority=prio)
         await record_submitted(get_settings(), [run])
@@ -198,7 +198,7 @@ def rerun(
 
     run, summary = asyncio.run(go())
     if json_out:
-        from stablenew.orchestration.jobs import job_ref
+        from stablenew.orchestration.queue_view import job_ref
 
         print_json({"run": job_ref(run).model_dump(mode="json"), "parent_job_id": full,
                     "summary": summary})  # fmt: skip

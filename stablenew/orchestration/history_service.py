@@ -23,7 +23,8 @@ from stablenew.errors import AmbiguousJobId, HistoryError, JobNotFound, PrefectU
 from stablenew.history import FilterArgs, JobRow, Rating, RunRow, SqliteHistoryStore, Transition
 from stablenew.history.learn import LearnReport, learn
 from stablenew.lifecycle import JobStatus
-from stablenew.orchestration.jobs import JobRef, JobService
+from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.queue_view import JobRef
 from stablenew.records import NormalizedJobRecord
 from stablenew.settings import get_settings
 from stablenew.webui import describe_requests

@@ -18,42 +18,40 @@ from typing import Any, Literal, TypeVar
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolUpdate
 from prefect.client.schemas.filters import (
-    DeploymentFilter,
-    DeploymentFilterName,
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterIdempotencyKey,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-    FlowRunFilterTags,
     TaskRunFilter,
     TaskRunFilterName,
     TaskRunFilterState,
     TaskRunFilterStateType,
-    WorkPoolFilter,
-    WorkPoolFilterName,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling, Scheduled
-from pydantic import BaseModel, Field
 
 from stablenew.errors import DuplicateJob, JobNotFound, OrchestrationError, SubmissionError
-from stablenew.lifecycle import JobStatus, status_from_prefect
 from stablenew.orchestration import queue_control
-from stablenew.orchestration._prefect import PAGE, check_reachable, prefect_client, read_runs_by_id
+from stablenew.orchestration._prefect import check_reachable, prefect_client, read_runs_by_id
 from stablenew.orchestration.deployments import RENDER_DEPLOYMENT, RENDER_FLOW_NAME, RENDER_TASK
 from stablenew.orchestration.pool import (
     DEFAULT_PRIORITY,
-    PRIORITIES,
-    QUEUE_PRIORITY,
-    WORKER_TYPE,
     check_priority,
 )
 from stablenew.orchestration.queue_control import Replaced
+from stablenew.orchestration.queue_view import (
+    ACTIVE,
+    JobRef,
+    QueueState,
+    generates,
+    job_id_of,
+    job_ref,
+    pool_runs,
+    read_queue_state,
+)
 from stablenew.orchestration.submission import BULK, MAX_RESUBMITS, Batch, Lineage
-from stablenew.orchestration.worker_state import read_gpu_holders, read_published
+from stablenew.orchestration.worker_state import read_gpu_holders
 from stablenew.ordering import group_by_model
 from stablenew.packs.model import Limits
 from stablenew.records import MAX_SEED, NormalizedJobRecord, derive_with_seed
@@ -61,92 +59,6 @@ from stablenew.records import MAX_SEED, NormalizedJobRecord, derive_with_seed
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_ACTIVE = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED, StateType.RUNNING]
-_QUEUED = [StateType.SCHEDULED, StateType.PAUSED]
-_CLAIMED = [StateType.PENDING, StateType.RUNNING]
-
-
-class JobRef(BaseModel):
-    """A job as Prefect currently sees it."""
-
-    job_id: str
-    flow_run_id: str
-    name: str
-    status: JobStatus
-    state_name: str | None = None
-    priority: str | None = None
-    pack_id: str | None = None
-    created: datetime | None = None
-    expected_start: datetime | None = None
-    message: str | None = None
-
-
-class QueueState(BaseModel):
-    """The pool as the GPU sees it: what generates, what a worker has claimed and stages
-    (RUNNING or PENDING in Prefect, waiting for its GPU), what is still queued."""
-
-    status: str = Field(
-        description="paused | running (a job generates) | starting (jobs claimed, none "
-        "generating yet) | idle"
-    )
-    pool: str
-    generating: list[JobRef] = Field(
-        default_factory=list, description="Jobs a GPU is generating for now (one per worker)."
-    )
-    staged: list[JobRef] = Field(
-        default_factory=list,
-        description="Claimed by a worker and waiting for its GPU, in the order they get it.",
-    )
-    pending: list[JobRef] = Field(
-        default_factory=list, description="Queued, in the order they will run after those."
-    )
-    holds: list[str] = Field(
-        default_factory=list,
-        description="Online workers not taking jobs, and why (e.g. WebUI down).",
-    )
-
-    @property
-    def running(self) -> list[JobRef]:
-        """Every job Prefect reports RUNNING, generating or staged (what ``running`` listed
-        before the two were told apart)."""
-        return [r for r in (*self.generating, *self.staged) if r.status == JobStatus.RUNNING]
-
-
-def _job_id_of(run: FlowRun) -> str:
-    key = run.idempotency_key or ""
-    return key.split("~", 1)[0] or str(run.id)
-
-
-def _tag_value(run: FlowRun, prefix: str) -> str | None:
-    for tag in run.tags:
-        if tag.startswith(prefix):
-            return tag[len(prefix) :]
-    return None
-
-
-def _generates(run: FlowRun, gpu_holders: set[str]) -> bool:
-    """Whether this RUNNING run is the one its GPU generates for: its worker published it
-    (:mod:`worker_state`), or it runs under Prefect's stock process worker, which has no GPU
-    gate, publishes nothing and stages nothing."""
-    worker_type = (run.labels or {}).get("prefect.worker.type")
-    return str(run.id) in gpu_holders or worker_type != WORKER_TYPE
-
-
-def job_ref(run: FlowRun) -> JobRef:
-    state_type = run.state.type.value if run.state else None
-    return JobRef(
-        job_id=_job_id_of(run),
-        flow_run_id=str(run.id),
-        name=run.name,
-        status=status_from_prefect(state_type),
-        state_name=run.state.name if run.state else None,
-        priority=run.work_queue_name,
-        pack_id=_tag_value(run, "pack:"),
-        created=run.created,
-        expected_start=run.expected_start_time,
-        message=run.state.message if run.state else None,
-    )
 
 
 class JobService:
@@ -176,7 +88,7 @@ class JobService:
         runs = await self.asubmit_runs(
             records, priority, allow_duplicates=allow_duplicates, group_models=group_models
         )
-        return [_job_id_of(r) for r in runs]
+        return [job_id_of(r) for r in runs]
 
     async def asubmit_runs(
         self,
@@ -298,7 +210,7 @@ class JobService:
         priority: str | None = None,
     ) -> str:
         """:meth:`arerun`; returns the job id of the new run (another id for a new seed)."""
-        return _job_id_of(asyncio.run(self.arerun(job_id, seed=seed, priority=priority)))
+        return job_id_of(asyncio.run(self.arerun(job_id, seed=seed, priority=priority)))
 
     # -- queue control (see queue_control) ---------------------------------------------------
 
@@ -407,60 +319,11 @@ class JobService:
     async def _pool_runs(
         self, client: PrefectClient, states: list[StateType], tags: list[str] | None = None
     ) -> list[FlowRun]:
-        runs: list[FlowRun] = []
-        flt = FlowRunFilter(
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states)),
-            tags=FlowRunFilterTags(all_=tags) if tags else None,
-        )
-        while True:
-            page = await client.read_flow_runs(
-                flow_run_filter=flt,
-                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.pool])),
-                deployment_filter=DeploymentFilter(
-                    name=DeploymentFilterName(any_=[RENDER_DEPLOYMENT])
-                ),
-                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
-                limit=PAGE,
-                offset=len(runs),
-            )
-            runs.extend(page)
-            if len(page) < PAGE:
-                return runs
+        return await pool_runs(client, self.pool, states, tags)
 
     async def aqueue_state(self) -> QueueState:
         async with prefect_client() as client:
-            await check_reachable(client)
-            pool = await client.read_work_pool(self.pool)
-            queues = await client.read_work_queues(work_pool_name=self.pool)
-            runs = await self._pool_runs(client, _ACTIVE)
-            published = await read_published(client, self.pool)
-        rank: dict[str, int] = {name: QUEUE_PRIORITY.get(name, 99) for name in PRIORITIES}
-
-        def in_run_order(selected: Iterable[FlowRun]) -> list[JobRef]:
-            return sorted(
-                map(job_ref, selected),
-                key=lambda j: (rank.get(j.priority or "", 99), j.expected_start or datetime.min),
-            )
-
-        generating = [
-            r
-            for r in runs
-            if r.state_type == StateType.RUNNING and _generates(r, published.gpu_holders)
-        ]
-        generating_ids = {r.id for r in generating}
-        staged = [r for r in runs if r.state_type in _CLAIMED and r.id not in generating_ids]
-        paused = pool.is_paused or (bool(queues) and all(q.is_paused for q in queues))
-        status = (
-            "paused" if paused else "running" if generating else "starting" if staged else "idle"
-        )
-        return QueueState(
-            status=status,
-            pool=self.pool,
-            generating=in_run_order(generating),
-            staged=in_run_order(staged),
-            pending=in_run_order(r for r in runs if r.state_type in _QUEUED),
-            holds=published.holds,
-        )
+            return await read_queue_state(client, self.pool)
 
     def queue_state(self) -> QueueState:
         return asyncio.run(self.aqueue_state())
@@ -469,7 +332,7 @@ class JobService:
 
     async def _cancel_run(self, client: PrefectClient, run: FlowRun) -> JobRef:
         state = run.state.type if run.state else None
-        if state in _ACTIVE:
+        if state in ACTIVE:
             # Always CANCELLING, never a forced CANCELLED: ``run`` may be stale, and the
             # server decides on the run as it is now. Still SCHEDULED, it goes straight to
             # CANCELLED (Prefect's rule for runs without infrastructure), so no worker can
@@ -492,7 +355,7 @@ class JobService:
 
     async def acancel_pack(self, pack_id: str) -> list[JobRef]:
         async with prefect_client() as client:
-            runs = await self._pool_runs(client, _ACTIVE, tags=[f"pack:{pack_id}"])
+            runs = await self._pool_runs(client, ACTIVE, tags=[f"pack:{pack_id}"])
             return [await self._cancel_run(client, r) for r in runs]
 
     def cancel_pack(self, pack_id: str) -> list[JobRef]:
@@ -502,7 +365,7 @@ class JobService:
         """Cancel these runs where still active (as ``cancel`` does for one job's latest run)."""
         async with prefect_client() as client:
             runs = await read_runs_by_id(client, flow_run_ids)
-            return [await self._cancel_run(client, r) for r in runs if r.state_type in _ACTIVE]
+            return [await self._cancel_run(client, r) for r in runs if r.state_type in ACTIVE]
 
     async def arequeue_runs(self, flow_run_ids: Sequence[uuid.UUID], *, reason: str) -> int:
         """Put these runs back in their queue where a worker had claimed or started them
@@ -528,7 +391,7 @@ class JobService:
             if not running:
                 return []
             holders = await read_gpu_holders(client, self.pool)
-            running = [r for r in running if _generates(r, holders)]
+            running = [r for r in running if generates(r, holders)]
             if not running:
                 return []
             rendering = await client.read_task_runs(

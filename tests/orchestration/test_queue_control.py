@@ -51,7 +51,7 @@ async def _run_info(flow_run_id: str) -> tuple[StateType | None, Lineage, int]:
 def test_a_job_moved_to_high_generates_before_the_low_ones_once(live: LiveStack) -> None:
     service = JobService()
     service.pause()
-    low = service.submit([make_record(f"low {i}") for i in range(3)], "low")
+    low = service.submit([make_record(f"qc low {i}") for i in range(3)], "low")
     (moved,) = service.submit([make_record("moved up")], "low")
     old_run = service.status(moved).flow_run_id
 
@@ -71,7 +71,7 @@ def test_a_job_moved_to_high_generates_before_the_low_ones_once(live: LiveStack)
     _finish(service, [*low, moved])
     prompts = _generated(live)
     assert prompts.count("moved up") == 1
-    assert prompts.index("moved up") < min(prompts.index(f"low {i}") for i in range(3))
+    assert prompts.index("moved up") < min(prompts.index(f"qc low {i}") for i in range(3))
     assert service.status(moved).status is JobStatus.COMPLETED
 
 

@@ -17,7 +17,8 @@ from stablenew.history import SqliteHistoryStore
 from stablenew.lifecycle import JobStatus
 from stablenew.orchestration._prefect import prefect_client
 from stablenew.orchestration.history_service import JobHistoryService
-from stablenew.orchestration.jobs import JobService, QueueState
+from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.queue_view import QueueState
 from stablenew.orchestration.worker import StableNewWorker
 from stablenew.orchestration.worker_state import (
     gpu_variable_name,
