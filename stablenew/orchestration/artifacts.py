@@ -159,6 +159,7 @@ async def apublish_pack_artifact(
     outside a run.
     """
     from prefect.client.schemas.actions import ArtifactCreate
+    from prefect.client.schemas.objects import Artifact
     from prefect.context import FlowRunContext
 
     from stablenew.orchestration._prefect import prefect_client
@@ -175,4 +176,10 @@ async def apublish_pack_artifact(
         flow_run_id=ctx.flow_run.id if ctx is not None and ctx.flow_run is not None else None,
     )
     async with prefect_client() as client:
-        return await client.create_artifact(artifact)
+        # Posted directly: the client's create_artifact also emits an event through Prefect's
+        # background events worker, which a short-lived CLI process leaves behind at exit
+        # ("Still processing items"); the artifact itself is the same.
+        response = await client.request(
+            "POST", "/artifacts/", json=artifact.model_dump(mode="json", exclude_unset=True)
+        )
+        return Artifact.model_validate(response.json())
