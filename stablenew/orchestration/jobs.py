@@ -50,7 +50,13 @@ from stablenew.orchestration.queue_view import (
     pool_runs,
     read_queue_state,
 )
-from stablenew.orchestration.submission import BULK, MAX_RESUBMITS, Batch, Lineage
+from stablenew.orchestration.submission import (
+    BULK,
+    MAX_RESUBMITS,
+    Batch,
+    Lineage,
+    validate_records,
+)
 from stablenew.orchestration.worker_state import read_gpu_holders
 from stablenew.ordering import group_by_model
 from stablenew.packs.model import Limits
@@ -112,7 +118,7 @@ class JobService:
         that order exactly.
         """
         prio = check_priority(priority)
-        valid = self._validate(records)
+        valid = validate_records(records)
         if not valid:
             return []
         submission = uuid.uuid4().hex
@@ -254,35 +260,6 @@ class JobService:
         self, job_id: str, changes: Mapping[str, Any], *, limits: Limits | None = None
     ) -> Replaced:
         return asyncio.run(self.aedit(job_id, changes, limits=limits))
-
-    @staticmethod
-    def _validate(
-        records: Iterable[NormalizedJobRecord | dict[str, Any]],
-    ) -> list[NormalizedJobRecord]:
-        valid: list[NormalizedJobRecord] = []
-        problems: list[str] = []
-        seen: set[str] = set()
-        for i, item in enumerate(records):
-            try:
-                rec = (
-                    item
-                    if isinstance(item, NormalizedJobRecord)
-                    else NormalizedJobRecord.model_validate(item)
-                )
-            except ValueError as e:
-                problems.append(f"record #{i}: {e}")
-                continue
-            if rec.job_id in seen:
-                problems.append(f"record #{i}: duplicate job_id {rec.job_id} in this submission")
-            seen.add(rec.job_id)
-            valid.append(rec)
-        if problems:
-            shown = "\n".join(problems[:20])
-            more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
-            raise SubmissionError(
-                f"{len(problems)} invalid record(s), nothing queued:\n{shown}{more}"
-            )
-        return valid
 
     async def _rollback(self, client: PrefectClient, runs: Sequence[FlowRun]) -> None:
         for run in runs:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -77,6 +77,35 @@ def run_tags(
     if lineage is not None and lineage.reason != "submit":
         tags.append(lineage.reason)  # visible in the Prefect UI's run list
     return tags
+
+
+def validate_records(
+    records: Iterable[NormalizedJobRecord | dict[str, Any]],
+) -> list[NormalizedJobRecord]:
+    """Every record valid (dicts validated as records), no job twice; else one
+    SubmissionError listing the problems, before anything is created."""
+    valid: list[NormalizedJobRecord] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, item in enumerate(records):
+        try:
+            rec = (
+                item
+                if isinstance(item, NormalizedJobRecord)
+                else NormalizedJobRecord.model_validate(item)
+            )
+        except ValueError as e:
+            problems.append(f"record #{i}: {e}")
+            continue
+        if rec.job_id in seen:
+            problems.append(f"record #{i}: duplicate job_id {rec.job_id} in this submission")
+        seen.add(rec.job_id)
+        valid.append(rec)
+    if problems:
+        shown = "\n".join(problems[:20])
+        more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise SubmissionError(f"{len(problems)} invalid record(s), nothing queued:\n{shown}{more}")
+    return valid
 
 
 async def _with_retry(call: Callable[[], Awaitable[T]], attempts: int = 6) -> T:
