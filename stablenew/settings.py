@@ -59,6 +59,48 @@ class WebUISettings(BaseModel):
     ready_timeout: float = Field(
         default=60.0, ge=0, description="Seconds a worker waits for the WebUI to become ready."
     )
+    outage_timeout: float = Field(
+        default=600.0,
+        ge=0,
+        description="Seconds a claimed job waits for its WebUI to come back (a restart, a "
+        "network blip) before it fails; waiting does not use up the job's retries.",
+    )
+
+
+class WorkerSettings(BaseModel):
+    """How workers notice each other's death and how one stops."""
+
+    heartbeat_seconds: float = Field(
+        default=10.0, gt=0, description="How often a worker tells Prefect it is alive."
+    )
+    dead_after: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds without a heartbeat after which a worker counts as dead and the "
+        "runs it claimed are recovered by the others.",
+    )
+    retries_on_crash: int = Field(
+        default=1,
+        ge=0,
+        description="Times a job whose worker died while it was generating is run again "
+        "automatically (a new run of the same job).",
+    )
+    stop_grace: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds a stopping worker (SIGTERM, Ctrl-C) lets the generating job "
+        "finish before interrupting it and putting it back in its queue.",
+    )
+
+
+class LimitsSettings(BaseModel):
+    """Ceilings of this installation; a pack's own ``limits`` may only lower them."""
+
+    max_jobs: int = Field(default=10_000, ge=1, description="Most jobs one pack may expand to.")
+    wildcard_roots: list[Path] = Field(
+        default_factory=list,
+        description="Extra folders a pack's `wildcards:` may name, besides the pack's own folder.",
+    )
 
 
 class Settings(BaseSettings):
@@ -84,6 +126,8 @@ class Settings(BaseSettings):
     )
     work_pool: str = Field(default="stablenew-gpu", description="Prefect work pool for jobs.")
     webui: WebUISettings = Field(default_factory=WebUISettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     generation: dict[str, Any] = Field(
         default_factory=dict,
         description="Generation defaults applied under every pack's `defaults` "

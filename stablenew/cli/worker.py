@@ -69,9 +69,9 @@ def worker(
 
     def readiness() -> str | None:
         try:
-            return None if client.is_ready() else f"WebUI at {webui} is not answering"
+            return None if client.is_ready() else f"WebUI at {client.base_url} is not answering"
         except WebUIError as e:  # e.g. 401: waiting alone will not fix it, but say so
-            return f"WebUI at {webui} refuses us: {e}"
+            return f"WebUI at {client.base_url} refuses us: {e}"
 
     workers: list[StableNewWorker] = [
         StableNewWorker(
