@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 from typing import Any
 
@@ -38,7 +39,11 @@ def worker(
         False, "--control", help="Also serve the control pool (submit-pack, exports)."
     ),
 ) -> None:
-    """Run jobs from the GPU pool one at a time against one WebUI. Ctrl-C stops it."""
+    """Run jobs from the GPU pool one at a time against one WebUI.
+
+    Ctrl-C or SIGTERM stops it gracefully: it claims nothing more, hands the jobs it claimed
+    back to their queue, and lets the generating one finish (``worker.stop_grace`` seconds,
+    then interrupts it and hands it back too). A second Ctrl-C skips the grace period."""
     # The flow code running in this process reads the WebUI from settings.
     os.environ["STABLENEW_WEBUI__URL"] = webui
     from prefect.settings import (
@@ -49,7 +54,7 @@ def worker(
 
     from stablenew.orchestration.deployments import CONTROL_POOL
     from stablenew.orchestration.webui_access import webui_client
-    from stablenew.orchestration.worker import StableNewWorker
+    from stablenew.orchestration.worker import RecoveryPolicy, StableNewWorker
     from stablenew.settings import get_settings
 
     # Prefect configures only its own loggers; ours (GPU gate, holds) go to the same stream.
@@ -81,6 +86,11 @@ def worker(
             prefetch_seconds=0,
             readiness_check=readiness,
             interrupter=client.interrupt,
+            heartbeat_interval_seconds=max(1, round(settings.worker.heartbeat_seconds)),
+            recovery_policy=RecoveryPolicy(
+                dead_after=settings.worker.dead_after,
+                retries_on_crash=settings.worker.retries_on_crash,
+            ),
         )
     ]
     if control:
@@ -101,14 +111,45 @@ def worker(
     load_flow_from_entrypoint(str(project_root() / "flows" / "render.py") + ":render_job")
 
     async def serve() -> None:
-        await asyncio.gather(*(w.start(printer=console.print) for w in workers))
+        main = asyncio.current_task()
+        assert main is not None
+        signals = 0
+
+        async def stop() -> None:
+            await asyncio.gather(
+                *(w.stop(settings.worker.stop_grace, client.interrupt) for w in workers)
+            )
+            main.cancel()  # nothing is in flight any more: end the polling loops
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                console.print(
+                    f"stopping ({signal.Signals(signum).name}): handing claimed jobs back; "
+                    f"the generating one may finish (up to {settings.worker.stop_grace:g}s, "
+                    "Ctrl-C again to interrupt it now)"
+                )
+                asyncio.get_running_loop().create_task(stop())
+            elif signals == 2:
+                for w in workers:
+                    w.stop_now()
+            else:
+                os._exit(130)  # a third: the user wants out, whatever is left
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await asyncio.gather(*(w.start(printer=console.print) for w in workers))
+        except asyncio.CancelledError:
+            if not signals:
+                raise
 
     updates: dict[Any, Any] = {
         PREFECT_WORKER_QUERY_SECONDS: poll_seconds,
         PREFECT_WORKER_PREFETCH_SECONDS: 0,
     }
     with temporary_settings(updates=updates):
-        try:
-            asyncio.run(serve())
-        except KeyboardInterrupt:
-            console.print("worker stopped")
+        asyncio.run(serve())
+    console.print("worker stopped")

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from uuid import UUID
 
+from prefect.exceptions import Abort
+
 Rank = tuple[int, datetime]
 logger = logging.getLogger("stablenew.gpu")
 
@@ -35,6 +37,16 @@ class GateCancelled(Exception):
     """The waiting run was cancelled before it got the GPU."""
 
 
+class HandedBack(Abort):
+    """The worker is stopping and gives this run back to its queue.
+
+    An :class:`~prefect.exceptions.Abort`, so Prefect's flow engine writes no final state for
+    it (it would otherwise mark the run FAILED or CRASHED); the worker puts it back in its
+    queue itself. Raised in a run waiting for the GPU, or in the generating one when the
+    worker's grace period ran out and the WebUI was interrupted.
+    """
+
+
 class GpuGate:
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -44,6 +56,8 @@ class GpuGate:
         self._ranks: dict[UUID, Rank] = {}  # kept across retries of the same run
         self._waiting: dict[UUID, Rank] = {}
         self._paused = False
+        self._handing_back = False  # waiters leave, nobody new gets the GPU
+        self._handing_back_holder = False  # the holder's own failure means "handed back"
         # Told (outside the lock) which run has just got the GPU: the worker publishes it,
         # since from outside every run waiting here looks the same (its render task RUNNING).
         self.on_grant: Callable[[UUID], None] | None = None
@@ -104,6 +118,8 @@ class GpuGate:
                 while not (
                     self._holder is None and not self._paused and self._is_next(run_id, rank)
                 ):
+                    if self._handing_back:
+                        raise HandedBack(f"run {run_id} handed back: the worker is stopping")
                     if cancel.is_set():
                         raise GateCancelled(f"run {run_id} cancelled while waiting for the GPU")
                     self._cond.wait(WAIT_TICK)
@@ -118,8 +134,30 @@ class GpuGate:
             self.on_grant(run_id)
         try:
             yield
+        except BaseException as exc:
+            with self._cond:
+                handed_back = self._handing_back_holder
+            if handed_back and not isinstance(exc, HandedBack):
+                # The worker interrupted this generation to stop: whatever the WebUI call
+                # raised, the run goes back to its queue rather than failing.
+                raise HandedBack(f"run {run_id} handed back: interrupted to stop") from exc
+            raise
         finally:
             self.release(run_id)
+
+    def hand_back(self, *, holder: bool = False) -> None:
+        """Stop handing out the GPU: every waiting run (and any that arrives) raises
+        :class:`HandedBack`. With ``holder``, a failure of the generating run does too (the
+        caller is about to interrupt the WebUI)."""
+        with self._cond:
+            self._handing_back = True
+            self._handing_back_holder = self._handing_back_holder or holder
+            self._cond.notify_all()
+
+    @property
+    def handing_back(self) -> bool:
+        with self._cond:
+            return self._handing_back
 
     def release(self, run_id: UUID) -> None:
         """Give the GPU up before the ``hold`` block ends (a no-op unless ``run_id`` holds

@@ -5,8 +5,10 @@ engine start-up while the GPU idles). This worker keeps the flow loaded and the 
 warm, runs each flow run through Prefect's own engine in a thread, and still gets polling,
 heartbeats, pool creation and claim semantics from :class:`BaseWorker`.
 
-It also holds instead of draining the queue when its WebUI is not ready, and turns a
-CANCELLING run into a WebUI interrupt and a CANCELLED state (see ``cancel_watch``).
+It also holds instead of draining the queue when its WebUI is not ready, turns a
+CANCELLING run into a WebUI interrupt and a CANCELLED state (see ``cancel_watch``), stops
+gracefully (:meth:`StableNewWorker.stop`: what it claimed goes back to its queue), and puts
+right the runs of workers of its pool that died (see ``recovery``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Self
@@ -27,9 +30,11 @@ import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun, State, WorkPool
 from prefect.client.schemas.responses import DeploymentResponse, WorkerFlowRunResponse
+from prefect.exceptions import Abort
 from prefect.flow_engine import run_flow
 from prefect.flows import Flow, load_flow_from_flow_run
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Pending
+from prefect.utilities.engine import propose_state
 from prefect.workers.base import (
     BaseJobConfiguration,
     BaseVariables,
@@ -37,9 +42,9 @@ from prefect.workers.base import (
     BaseWorkerResult,
 )
 
-from stablenew.orchestration import gpu_gate
+from stablenew.orchestration import gpu_gate, recovery
 from stablenew.orchestration.cancel_watch import CancelWatch, Interrupter
-from stablenew.orchestration.gpu_gate import GpuGate, Rank
+from stablenew.orchestration.gpu_gate import GpuGate, HandedBack, Rank
 from stablenew.orchestration.pool import QUEUE_PRIORITY
 from stablenew.orchestration.worker_state import publish_gpu_holder, publish_hold, withdraw
 
@@ -48,6 +53,17 @@ logger = logging.getLogger(__name__)
 POOL_READ_SECONDS = 1.0
 FIRST_START_ALONE_SECONDS = 2.0  # bound on holding back the lookahead for an idle start
 WITHDRAW_SECONDS = 5.0  # bound on withdrawing what the worker published, at shutdown
+RECOVERY_SCAN_SECONDS = 5.0  # how often the pool's first live worker looks for dead ones
+INTERRUPTED_EXIT_SECONDS = 15.0  # after interrupting the WebUI, bound on the run ending
+LABEL_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class RecoveryPolicy:
+    """When a worker of the pool counts as dead, and what its generating run gets."""
+
+    dead_after: float = 30.0
+    retries_on_crash: int = 1
 
 
 class StableNewJobConfiguration(BaseJobConfiguration):
@@ -109,12 +125,15 @@ class StableNewWorker(
         interrupter: Interrupter | None = None,
         lookahead: int | None = None,
         min_poll_seconds: float = 0.0,
+        recovery_policy: RecoveryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
         """``lookahead=N`` makes this the process's GPU worker: one job renders while up to N
         more are claimed and started, waiting at the GPU gate (``None``: a plain worker).
         ``min_poll_seconds`` spaces this worker's polls out beyond Prefect's query interval
-        (for the control pool, which gets a run a minute: each poll costs the server writes)."""
+        (for the control pool, which gets a run a minute: each poll costs the server writes).
+        ``recovery_policy`` makes the worker recover its pool's dead workers' runs (and, when
+        it starts, any its own name still holds from a previous life)."""
         self.gate: GpuGate | None = None
         self._cap = 0
         if lookahead is not None:
@@ -136,11 +155,25 @@ class StableNewWorker(
         self._min_poll_seconds = min_poll_seconds
         self._last_poll = -min_poll_seconds
         self.hold_reason: str | None = None
+        self._recovery = recovery_policy
+        self._recovered_own = recovery_policy is None
+        self._next_scan = 0.0
+        self._scanning = False
+        self._unlabeled: set[UUID] = set()
+        self._stopping = False
+        self._stop_now = asyncio.Event()
 
     # -- polling --------------------------------------------------------------------------
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         self._loop = asyncio.get_running_loop()
+        if self._stopping:
+            return []
+        if not self._recovered_own:
+            # Before the first claim: whatever this name still holds is from a previous
+            # life of this worker (a restart on the same GPU), and nothing of it runs here.
+            self._recovered_own = await self._recover_own()
+        self._maybe_scan()
         if self._min_poll_seconds:
             now = time.monotonic()
             if now - self._last_poll < self._min_poll_seconds:
@@ -260,6 +293,112 @@ class StableNewWorker(
                 publish_gpu_holder(self.client, self.name, flow_run_id, self._logger), self._loop
             )
 
+    # -- recovery ---------------------------------------------------------------------------
+
+    async def _recover_own(self) -> bool:
+        assert self._recovery is not None
+        try:
+            runs = await recovery.active_runs(self.client, self._work_pool_name)
+            await recovery.recover_worker(
+                self.client,
+                self.name,
+                runs,
+                why="was restarted",
+                retries_on_crash=self._recovery.retries_on_crash,
+                logger=self._logger,
+            )
+            await withdraw(self.client, self.name, self._logger)
+        except Exception as exc:  # the API is down: try again at the next poll
+            self._logger.warning("could not check what %s held before: %r", self.name, exc)
+            return False
+        return True
+
+    def _maybe_scan(self) -> None:
+        now = time.monotonic()
+        if (
+            self._recovery is None
+            or self._scanning
+            or now < self._next_scan
+            or self._runs_task_group is None
+        ):
+            return
+        self._next_scan = now + RECOVERY_SCAN_SECONDS
+        self._scanning = True
+        self._runs_task_group.start_soon(self._scan)
+
+    async def _scan(self) -> None:
+        """Recover the runs of dead workers, if this is the pool's first live worker."""
+        assert self._recovery is not None
+        try:
+            live = await recovery.read_liveness(
+                self.client, self._work_pool_name, self.name, self._recovery.dead_after
+            )
+            if live.leader != self.name:
+                return
+            runs = await recovery.active_runs(self.client, self._work_pool_name)
+            holders = {recovery.claimant(r) for r in runs} - {None}
+            for worker in sorted(w for w in holders if w and live.is_dead(w)):
+                seen = live.last_seen.get(worker)
+                why = (
+                    f"stopped heartbeating (last at {seen:%H:%M:%S} UTC)"
+                    if seen
+                    else "is not known to the pool"
+                )
+                await recovery.recover_worker(
+                    self.client,
+                    worker,
+                    runs,
+                    why=why,
+                    retries_on_crash=self._recovery.retries_on_crash,
+                    logger=self._logger,
+                )
+        except Exception as exc:  # transient API trouble: the next scan tries again
+            self._logger.warning("recovery scan failed: %r", exc)
+        finally:
+            self._scanning = False
+
+    async def _hand_back(self, flow_run: FlowRun, reason: str) -> None:
+        try:
+            await recovery.requeue(self.client, flow_run, reason)
+            self.get_flow_run_logger(flow_run).info(reason)
+        except Exception as exc:
+            # Our heartbeat stops with us; the pool's recovery puts it back instead.
+            self._logger.warning("could not hand back flow run %s: %r", flow_run.id, exc)
+
+    # -- stopping -------------------------------------------------------------------------
+
+    async def stop(self, grace: float, interrupter: Interrupter | None = None) -> None:
+        """Stop claiming at once, hand back every claimed run that is not generating, let the
+        generating one finish for up to ``grace`` seconds (then interrupt the WebUI and hand
+        it back too), and return once nothing is in flight. :meth:`stop_now` cuts the grace.
+        """
+        self._stopping = True
+        if self.gate is not None:
+            self.gate.hand_back()
+        with anyio.move_on_after(grace):
+            while self._in_flight() and not self._stop_now.is_set():
+                await anyio.sleep(0.1)
+        if not self._in_flight():
+            return
+        if self.gate is not None:
+            self.gate.hand_back(holder=True)
+        if interrupter is not None and self.gate is not None and self.gate.holder is not None:
+            self._logger.warning("Grace period over: interrupting the WebUI to stop")
+            try:
+                await anyio.to_thread.run_sync(interrupter)
+            except Exception as exc:
+                self._logger.warning("WebUI interrupt failed: %s", exc)
+        with anyio.move_on_after(INTERRUPTED_EXIT_SECONDS):
+            while self._in_flight():
+                await anyio.sleep(0.1)
+
+    def stop_now(self) -> None:
+        """A second Ctrl-C: no more grace for the generating run."""
+        self._stop_now.set()
+
+    def _in_flight(self) -> int:
+        return int(self.limiter.borrowed_tokens) if self._limiter is not None else 0
+
     # -- shutdown -------------------------------------------------------------------------
 
     async def teardown(self, *exc_info: Any) -> None:
@@ -273,13 +412,37 @@ class StableNewWorker(
 
     # -- running --------------------------------------------------------------------------
 
-    async def _give_worker_labels_to_flow_run(self, flow_run_id: UUID) -> None:
-        """The worker's name on the run (history shows it) is worth a try, not a crash: in
-        BaseWorker a failed label write reports the whole run as CRASHED."""
+    async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
+        """Claim the run, saying by whom in the same write: if this worker dies before the
+        run starts, the pool knows whose claim to give back (see ``recovery``)."""
         try:
-            await super()._give_worker_labels_to_flow_run(flow_run_id)
-        except Exception as exc:
-            self._logger.warning("could not label flow run %s: %s", flow_run_id, exc)
+            state = await propose_state(
+                self.client,
+                Pending(message=recovery.claim_message(self.name)),
+                flow_run_id=flow_run.id,
+            )
+        except Abort as exc:
+            self._logger.debug("claim of %s aborted: %s", flow_run.id, exc)
+            return False
+        except Exception:
+            self._logger.exception("could not claim flow run %s", flow_run.id)
+            return False
+        return state.is_pending()
+
+    async def _give_worker_labels_to_flow_run(self, flow_run_id: UUID) -> None:
+        """The worker's name on the run says who runs it (history shows it, recovery relies
+        on it); a run that cannot be labelled is handed back, not run: in BaseWorker a
+        failed label write would report the whole run as CRASHED."""
+        for attempt in range(LABEL_ATTEMPTS):
+            try:
+                await super()._give_worker_labels_to_flow_run(flow_run_id)
+                return
+            except Exception as exc:
+                if attempt == LABEL_ATTEMPTS - 1:
+                    self._logger.warning("could not label flow run %s: %s", flow_run_id, exc)
+                    self._unlabeled.add(flow_run_id)
+                else:
+                    await anyio.sleep(0.2 * (attempt + 1))
 
     async def _propose_submitting_state(self, flow_run: FlowRun) -> None:
         """Skipped: "Submitting" is a second PENDING-type state between Pending and Running.
@@ -314,6 +477,17 @@ class StableNewWorker(
         configuration: StableNewJobConfiguration,
         task_status: anyio.abc.TaskStatus[int] | None = None,
     ) -> StableNewWorkerResult:
+        reason = None
+        if self._stopping:
+            reason = f"Handed back: {self.name} is stopping"
+        elif flow_run.id in self._unlabeled:
+            self._unlabeled.discard(flow_run.id)
+            reason = f"Handed back: {self.name} could not label it"
+        if reason is not None:
+            if task_status is not None:
+                task_status.started(os.getpid())
+            await self._hand_back(flow_run, reason)
+            return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0)
         try:
             flow = await self._load_flow(flow_run)
         except Exception as exc:
@@ -332,6 +506,10 @@ class StableNewWorker(
             state = await anyio.to_thread.run_sync(
                 partial(_run_flow_blocking, flow, flow_run), abandon_on_cancel=True
             )
+        except HandedBack as exc:
+            # The engine wrote no final state (an Abort); the run goes back to its queue.
+            await self._hand_back(flow_run, f"Handed back: {self.name} is stopping ({exc})")
+            return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0)
         except BaseException as exc:  # the run must never stay RUNNING
             await self._propose_crashed_state(
                 flow_run, f"worker caught {type(exc).__name__}: {exc}"

@@ -1,0 +1,203 @@
+"""Fault injection for the crash tests and ``bench/faults.py``: a Prefect server of their own
+(workers are killed here, so never the shared stack's), simulators and worker processes that
+can be killed, each on 127.0.0.1 free ports and stopped by whoever started them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from stablenew.orchestration._prefect import prefect_client
+from stablenew.orchestration.embedded import Stack, client_env, free_port, healthy, wait_until
+
+# Fast failure detection for tests: a heartbeat a second, dead after four missed.
+FAST_WORKER_ENV = {
+    "STABLENEW_WORKER__HEARTBEAT_SECONDS": "1",
+    "STABLENEW_WORKER__DEAD_AFTER": "4",
+    "STABLENEW_WORKER__STOP_GRACE": "20",
+}
+
+
+@dataclass
+class Sim:
+    url: str
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    def call(self, method: str, path: str, **body: Any) -> Any:
+        resp = httpx.request(
+            method, f"{self.url}/stablenew-sim/v1/{path}", json=body or None, timeout=10
+        )
+        resp.raise_for_status()
+        return resp.json()
+
+    def generations(self) -> Counter[str]:
+        """Generations per prompt (every one that held the simulator's lock, interrupted
+        ones included)."""
+        return Counter(e["prompt"] for e in self.call("GET", "stats")["events"])
+
+    def busy(self) -> bool:
+        return bool(self.call("GET", "stats")["busy"])
+
+
+@dataclass
+class FaultLab:
+    """A Prefect server (with the deployments) of its own; simulators and workers on demand."""
+
+    stack: Stack
+    home: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def api(self) -> str:
+        assert self.stack.prefect_url
+        return self.stack.prefect_url
+
+    def start_sim(self, seconds_per_image: float, port: int | None = None) -> Sim:
+        port = port or free_port()
+        argv = [sys.executable, "-m", "stablenew", "webui-sim", "--host", "127.0.0.1"]
+        argv += ["--port", str(port), "--seconds-per-image", str(seconds_per_image)]
+        proc = self._spawn("sim", argv, {})
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: healthy(f"{url}/sdapi/v1/progress"), timeout=60, what="sim", proc=proc)
+        return Sim(url, proc, port)
+
+    def start_worker(
+        self, name: str, webui: str, *, lookahead: int = 4, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "stablenew", "worker", "--webui", webui]
+        argv += ["--name", name, "--lookahead", str(lookahead)]
+        return self._spawn(
+            f"worker-{name}",
+            argv,
+            {
+                **client_env(self.api),
+                "STABLENEW_HOME": str(self.home),
+                **FAST_WORKER_ENV,
+                **(env or {}),
+            },
+        )
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.home / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            kill(proc, signal.SIGKILL)
+        self.procs.clear()
+
+
+def kill(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Signal the process's whole group (a worker runs flows in threads, not children, but
+    the simulator's server may fork)."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    if sig == signal.SIGKILL:
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def fault_lab(home: Path) -> Iterator[FaultLab]:
+    stack = Stack(home=home)
+    lab = FaultLab(stack, home)
+    try:
+        stack.start(prefect=True, simulator=False)
+        assert stack.prefect_url
+        with temporary_settings(updates={PREFECT_API_URL: stack.prefect_url}):
+            from stablenew.orchestration.deployments import apply
+
+            async def deploy() -> None:
+                async with prefect_client() as client:
+                    await apply(client)
+
+            asyncio.run(deploy())
+            yield lab
+    finally:
+        lab.stop_all()
+        stack.stop()
+
+
+async def pack_runs(pack_id: str) -> list[FlowRun]:
+    runs: list[FlowRun] = []
+    async with prefect_client() as client:
+        while True:
+            page = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"pack:{pack_id}"])),
+                sort=FlowRunSort.ID_DESC,
+                limit=200,
+                offset=len(runs),
+            )
+            runs.extend(page)
+            if len(page) < 200:
+                return runs
+
+
+def runs_of(pack_id: str) -> list[FlowRun]:
+    return asyncio.run(pack_runs(pack_id))
+
+
+def states(pack_id: str) -> Counter[str]:
+    return Counter(r.state.type.value if r.state else "NONE" for r in runs_of(pack_id))
+
+
+def settled(pack_id: str, jobs: int) -> bool:
+    """Every job of the pack has a COMPLETED run and no run is left active or queued."""
+    runs = runs_of(pack_id)
+    active = {StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING}
+    if any(r.state is None or r.state.type in active for r in runs):
+        return False
+    done = {r.parameters["record"]["job_id"] for r in runs if r.state and r.state.is_completed()}
+    return len(done) == jobs
+
+
+def completions_per_job(pack_id: str) -> Counter[str]:
+    return Counter(
+        r.parameters["record"]["job_id"]
+        for r in runs_of(pack_id)
+        if r.state is not None and r.state.is_completed()
+    )
+
+
+def wait(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.3) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

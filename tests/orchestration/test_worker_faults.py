@@ -1,0 +1,159 @@
+"""Killing and stopping workers: every job completes exactly once, nothing stays claimed.
+
+A Prefect server of its own (workers die here), real worker processes and simulators; failure
+detection is sped up (heartbeat 1 s, dead after 4 s) so each case takes seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.client.schemas.objects import StateType
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.submission import Lineage
+from tests.orchestration.conftest import make_record
+from tests.orchestration.faults import (
+    FaultLab,
+    completions_per_job,
+    fault_lab,
+    kill,
+    runs_of,
+    settled,
+    states,
+    wait,
+)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultLab]:
+    with fault_lab(tmp_path_factory.mktemp("faults")) as lab:
+        yield lab
+
+
+@pytest.fixture
+def api(lab: FaultLab) -> Iterator[FaultLab]:
+    with temporary_settings(updates={PREFECT_API_URL: lab.api}):
+        yield lab
+    lab.stop_all()
+
+
+def submit(pack: str, jobs: int) -> list[str]:
+    records = [make_record(f"{pack} job {i}", pack_id=pack) for i in range(jobs)]
+    return JobService().submit(records, "normal")
+
+
+def claimed_by(pack: str, worker: str) -> int:
+    """Runs of the pack ``worker`` holds (claimed: PENDING or RUNNING)."""
+    from stablenew.orchestration.recovery import claimant
+
+    return sum(1 for r in runs_of(pack) if claimant(r) == worker)
+
+
+def test_sigkill_mid_job_with_full_lookahead_then_a_new_worker(api: FaultLab) -> None:
+    sim = api.start_sim(seconds_per_image=1.0)
+    pack = "kill-lookahead"
+    submit(pack, 8)
+    first = api.start_worker("doomed", sim.url, lookahead=4)
+    # Mid-job with a full lookahead: one generating, four more claimed behind it.
+    wait(lambda: sim.busy() and claimed_by(pack, "doomed") >= 5, 60, "a full lookahead")
+    kill(first, signal.SIGKILL)
+    held = claimed_by(pack, "doomed")
+    api.start_worker("rescuer", sim.url)
+    wait(lambda: settled(pack, 8), 90, "every job to complete after the kill")
+
+    assert set(completions_per_job(pack).values()) == {1}, "a job completed twice"
+    runs = runs_of(pack)
+    crashed = [r for r in runs if r.state and r.state.type == StateType.CRASHED]
+    assert len(crashed) == 1, "exactly the generating run is CRASHED"
+    assert "doomed stopped heartbeating" in (crashed[0].state.message or "")
+    reruns = [r for r in runs if Lineage.of(r).reason == "recovery"]
+    assert [Lineage.of(r).parent_flow_run_id for r in reruns] == [str(crashed[0].id)]
+    # The staged ones went back to the queue (and ran from there).
+    assert f"{held - 1} requeued, 1 crashed (1 re-run)" in api.log("worker-rescuer")
+    # Generations: each job once, plus at most the one the dead worker's WebUI finished.
+    extra = sum(n - 1 for n in sim.generations().values())
+    assert extra <= 1, sim.generations()
+
+
+def test_sigkill_one_of_two_workers_the_other_finishes_everything(api: FaultLab) -> None:
+    sims = [api.start_sim(seconds_per_image=0.5) for _ in range(2)]
+    pack = "kill-one-of-two"
+    submit(pack, 12)
+    doomed = api.start_worker("a-doomed", sims[0].url, lookahead=3)
+    api.start_worker("b-survivor", sims[1].url, lookahead=3)
+    wait(lambda: claimed_by(pack, "a-doomed") >= 2, 60, "the doomed worker to hold runs")
+    kill(doomed, signal.SIGKILL)
+    wait(lambda: settled(pack, 12), 90, "the survivor to finish the pack")
+    assert set(completions_per_job(pack).values()) == {1}
+    assert claimed_by(pack, "a-doomed") == 0
+
+
+def test_restarted_worker_finds_nothing_half_held(api: FaultLab) -> None:
+    """Same name, back before it counts as dead: it gives back what its last life held."""
+    sim = api.start_sim(seconds_per_image=1.0)
+    pack = "restart-same-name"
+    submit(pack, 6)
+    first = api.start_worker("gpu-0", sim.url, lookahead=3)
+    wait(lambda: sim.busy() and claimed_by(pack, "gpu-0") >= 3, 60, "runs claimed")
+    kill(first, signal.SIGKILL)
+    api.start_worker("gpu-0", sim.url, lookahead=3)
+    wait(lambda: settled(pack, 6), 90, "every job to complete after the restart")
+    assert set(completions_per_job(pack).values()) == {1}
+    assert "was restarted" in "".join(
+        r.state.message or "" for r in runs_of(pack) if r.state and r.state.is_crashed()
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_graceful_stop_hands_back_and_strands_nothing(api: FaultLab, sig: int) -> None:
+    sim = api.start_sim(seconds_per_image=1.0)
+    pack = f"stop-{signal.Signals(sig).name.lower()}"
+    submit(pack, 8)
+    worker = api.start_worker("stopping", sim.url, lookahead=4)
+    wait(lambda: sim.busy() and claimed_by(pack, "stopping") >= 5, 60, "a full lookahead")
+    asked = time.monotonic()
+    kill(worker, sig)
+    worker.wait(timeout=30)  # grace is 20 s; the generating job needs ~1 s
+    took = time.monotonic() - asked
+    assert took < 10, f"the worker took {took:.1f}s to stop"
+    assert claimed_by(pack, "stopping") == 0, states(pack)
+    counts = states(pack)
+    assert counts.get("FAILED", 0) == counts.get("CRASHED", 0) == 0, counts
+    assert counts["SCHEDULED"] >= 4, counts  # the lookahead went back to the queue
+    assert "worker stopped" in api.log("worker-stopping")
+
+    api.start_worker("after", sim.url)
+    wait(lambda: settled(pack, 8), 90, "the pack to finish on another worker")
+    assert set(completions_per_job(pack).values()) == {1}
+    assert max(sim.generations().values()) == 1, "a job was generated twice"
+
+
+def test_stop_after_grace_interrupts_and_requeues_the_generating_job(api: FaultLab) -> None:
+    sim = api.start_sim(seconds_per_image=30.0)
+    pack = "stop-interrupt"
+    submit(pack, 3)
+    worker = api.start_worker(
+        "slow", sim.url, lookahead=2, env={"STABLENEW_WORKER__STOP_GRACE": "1"}
+    )
+    wait(lambda: sim.busy(), 60, "a generation to start")
+    asked = time.monotonic()
+    kill(worker, signal.SIGTERM)
+    worker.wait(timeout=30)
+    assert time.monotonic() - asked < 15
+    assert sim.call("GET", "stats")["counters"]["interrupts"] >= 1
+    counts = states(pack)
+    assert counts == {"SCHEDULED": 3}, counts  # interrupted, handed back: not failed
+
+
+def test_worker_stops_cleanly_with_nothing_to_do(api: FaultLab, tmp_path: Path) -> None:
+    sim = api.start_sim(seconds_per_image=0.1)
+    worker = api.start_worker("idle", sim.url)
+    wait(lambda: "started" in api.log("worker-idle"), 60, "the worker to start")
+    kill(worker, signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0
