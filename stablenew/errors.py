@@ -5,6 +5,7 @@
     StableNewError
     ├── ConfigError (ValueError)            a settings file or variable is invalid
     ├── PackError (ValueError)              a pack has problems; carries every PackIssue at once
+    ├── JobIdMismatch (ValueError)          a record's job_id is not the id its content gives
     ├── WebUIError                          anything the WebUI boundary raises
     │   ├── WebUIUnreachable                connection refused / reset / DNS   (retryable)
     │   ├── WebUITimeout                    no answer within the read timeout  (retryable)
@@ -16,7 +17,8 @@
     ├── OrchestrationError                  Prefect-side problems
     │   ├── PrefectUnavailable              no Prefect API at the URL tried
     │   ├── SubmissionError                 a submit call failed; says what was rolled back
-    │   │   └── DuplicateJob (ValueError)   an identical job is already queued, running or done
+    │   │   ├── DuplicateJob (ValueError)   an identical job is already queued, running or done
+    │   │   └── InvalidRecords (ValueError) records refused before anything was queued
     │   └── JobNotQueued (ValueError)       move/edit of a job that is no longer waiting
     ├── JobNotFound (LookupError)           no job with that id
     │   └── AmbiguousJobId                  a job id prefix that more than one job starts with
@@ -71,6 +73,18 @@ class PackError(StableNewError, ValueError):
     @property
     def path(self) -> str:
         return self.issues[0].path
+
+
+class JobIdMismatch(StableNewError, ValueError):
+    """A record whose ``job_id`` is not the id its content gives: forged, or edited after it
+    was built. Records are refused with it, never trusted by their id."""
+
+    def __init__(self, job_id: str, expected: str) -> None:
+        self.job_id = job_id
+        self.expected = expected
+        super().__init__(
+            f"job {job_id}: job_id is not the id the record's content gives; expected {expected}"
+        )
 
 
 class WebUIError(StableNewError):
@@ -173,6 +187,36 @@ class DuplicateJob(SubmissionError, ValueError):
             "`--allow-duplicates` (CLI) or `allow_duplicates=True` (SDK)",
             rolled_back=rolled_back,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordProblem:
+    """One record refused at submission: its place in the call, its job id (as given, may be
+    empty), the field and what was expected there."""
+
+    index: int
+    job_id: str
+    field: str
+    expected: str
+
+    def __str__(self) -> str:
+        job = f" (job {self.job_id})" if self.job_id else ""
+        return f"record #{self.index}{job}: {self.field or '<record>'}: {self.expected}"
+
+
+class InvalidRecords(SubmissionError, ValueError):
+    """Records refused before anything was created: invalid fields (however the record was
+    made), a ``job_id`` that is not the id its content gives, or a job twice in one call.
+    ``problems`` lists every one; nothing of the call was queued. Bad input, not a failure."""
+
+    def __init__(self, problems: Sequence[RecordProblem]) -> None:
+        if not problems:
+            raise ValueError("InvalidRecords needs at least one problem")
+        self.problems: tuple[RecordProblem, ...] = tuple(problems)
+        shown = "\n".join(str(p) for p in self.problems[:20])
+        more = len(self.problems) - 20
+        tail = f"\n... and {more} more" if more > 0 else ""
+        super().__init__(f"{len(self.problems)} invalid record(s), nothing queued:\n{shown}{tail}")
 
 
 class JobNotQueued(OrchestrationError, ValueError):

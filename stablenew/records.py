@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any, Literal, Self
 
 from pydantic import (
@@ -20,6 +21,8 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+
+from stablenew.errors import JobIdMismatch
 
 BUILDER_VERSION = "1"
 RECORD_SCHEMA_VERSION: Literal[1] = 1
@@ -151,7 +154,12 @@ class StageSpec(_Frozen):
 
 
 class NormalizedJobRecord(_Frozen):
-    """A complete, immutable job. ``job_id`` is derived from the content when not given."""
+    """A complete, immutable job. ``job_id`` is derived from the content when not given.
+
+    A given ``job_id`` is kept as it is here (stored records are read back unchanged); what
+    is submitted is checked with :func:`revalidate`, which refuses an id the content does not
+    give.
+    """
 
     schema_version: Literal[1] = RECORD_SCHEMA_VERSION
     job_id: str = Field(default="", description="pack-row-combo-variant-batch-<content hash>")
@@ -204,6 +212,10 @@ class NormalizedJobRecord(_Frozen):
         """Every field except ``job_id``, JSON-ready; what the id's hash covers."""
         return self.model_dump(mode="json", exclude={"job_id"})
 
+    def expected_job_id(self) -> str:
+        """The id this record's content gives: what ``job_id`` must be."""
+        return compute_job_id(self.content_dict())
+
     @property
     def run_name(self) -> str:
         """Human name of the job, used as the flow-run name."""
@@ -218,6 +230,27 @@ def derive_with_seed(record: NormalizedJobRecord, seed: int) -> NormalizedJobRec
     content = record.content_dict()
     content.update(seed=seed, seed_policy="fixed")
     return NormalizedJobRecord.model_validate(content)
+
+
+def revalidate(item: NormalizedJobRecord | Mapping[str, Any]) -> NormalizedJobRecord:
+    """``item`` as the worker will receive it: validated afresh from its JSON form, whatever
+    way it was made (``model_copy(update=...)`` and ``model_construct`` skip validation),
+    with a ``job_id`` that is the id its content gives (an empty one is derived).
+
+    Raises ``ValueError``: pydantic's ``ValidationError`` for invalid or missing fields,
+    :class:`~stablenew.errors.JobIdMismatch` for an id the content does not give.
+    """
+    if isinstance(item, NormalizedJobRecord):
+        # warnings=False: a constructed record may hold values of the wrong type; validation
+        # below says what is wrong with them.
+        data: Any = item.model_dump(mode="json", warnings=False)
+    else:
+        data = dict(item)
+    record = NormalizedJobRecord.model_validate(data)
+    expected = record.expected_job_id()
+    if record.job_id != expected:
+        raise JobIdMismatch(record.job_id, expected)
+    return record
 
 
 def compute_job_id(content: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from stablenew.builder._job_id import JobIdFn, job_id_function
+from stablenew.builder.limits import check_wildcard_dir, effective_max_jobs, max_jobs_issue
 from stablenew.builder.matrix import (
     Combinations,
     combinations,
@@ -29,7 +30,7 @@ from stablenew.errors import PackError, PackIssue
 from stablenew.packs.loader import LoadedPack
 from stablenew.packs.model import GENERATION_STAGE_KEYS, GenerationSettings, PromptSpec
 from stablenew.records import LoraRef, NormalizedJobRecord, StageSpec
-from stablenew.settings import get_settings
+from stablenew.settings import LimitsSettings, get_settings
 
 DEFAULT_WILDCARDS_DIR = Path("configs/wildcards")
 # Fields that are the same for every job of a row; the rest vary per job.
@@ -88,13 +89,28 @@ def plan_pack(
     generation_defaults: Mapping[str, Any] | None = None,
     *,
     enforce_limits: bool = True,
+    installation: LimitsSettings | None = None,
 ) -> PackPlan:
-    """Check the pack against the filesystem and its limits and plan every row."""
+    """Check the pack against the filesystem and its limits and plan every row.
+
+    ``installation`` is the ceiling the pack's limits may only lower and the wildcard roots
+    (``None``: ``get_settings().limits``). Its wildcard folder is checked always, the job
+    limit when ``enforce_limits``.
+    """
     spec = pack.spec
     issues = _Issues()
+    installation = get_settings().limits if installation is None else installation
     settings_layer = _settings_layer(generation_defaults, issues)
+    if enforce_limits and (ceiling := max_jobs_issue(pack, installation)) is not None:
+        issues.add(ceiling)
     names = tuple(spec.matrix.slots) if spec.matrix else ()
-    wildcard_dir = pack.base_dir / spec.wildcards if spec.wildcards else DEFAULT_WILDCARDS_DIR
+    wildcard_dir: Path | None = DEFAULT_WILDCARDS_DIR
+    if spec.wildcards:
+        wildcard_dir, refused = check_wildcard_dir(pack, installation)
+        for issue in refused:
+            issues.add(issue)
+    if wildcard_dir is None:  # nothing may be read from it: report what is known so far
+        raise PackError(sorted(issues, key=lambda x: x.line or 0))
     wildcards = Wildcards(wildcard_dir)
     pack_defaults = spec.defaults.model_dump(exclude_none=True)
     rows: list[RowPlan] = []
@@ -109,12 +125,14 @@ def plan_pack(
         if row is not None:
             rows.append(row)
     total = sum(r.job_count for r in rows)
-    if enforce_limits and not issues and total > spec.limits.max_jobs:
+    limit = effective_max_jobs(spec.limits.max_jobs, installation)
+    if enforce_limits and not issues and total > limit:
+        source = "" if spec.limits.max_jobs == limit else " (the installation's)"
         issues.add(
             pack.issue(
                 ("limits", "max_jobs"),
-                f"at most limits.max_jobs = {spec.limits.max_jobs:,} jobs; the pack expands to "
-                f"{total:,} (raise the limit or shrink the pack)",
+                f"at most limits.max_jobs = {limit:,} jobs{source}; the pack expands to "
+                f"{total:,} (shrink the pack, or raise the limit within the installation's)",
             )
         )
     if issues:

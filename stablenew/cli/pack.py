@@ -11,6 +11,7 @@ from typing import IO, Any
 import typer
 
 from stablenew.builder import build_jobs, count_jobs, validate_pack
+from stablenew.builder.limits import effective_max_jobs
 from stablenew.cli._output import EXIT_FAILED, EXIT_UNAVAILABLE, console, fail, guarded, print_json
 from stablenew.cli._pack_arg import PACK_HELP, known_packs, pack_argument
 from stablenew.errors import PackError, PackIssue, WebUIError
@@ -117,11 +118,12 @@ def _write_jsonl(records: Iterable[NormalizedJobRecord], stream: IO[str]) -> int
 @pack_app.command("count")
 @guarded
 def count(pack: Path = PackArg, as_json: bool = JsonOpt) -> None:
-    """How many jobs the pack makes, computed without expanding it (limits not applied)."""
+    """How many jobs the pack makes, computed without expanding it (limits not applied;
+    ``--json`` shows the job limit that applies)."""
     loaded = load_pack(pack)
     jobs = count_jobs(loaded, generation_defaults=get_settings().generation)
     if as_json:
-        limit = loaded.spec.limits.max_jobs
+        limit = effective_max_jobs(loaded.spec.limits.max_jobs, get_settings().limits)
         print_json({"pack": loaded.spec.pack, "path": str(pack), "jobs": jobs, "max_jobs": limit})
     else:
         typer.echo(jobs)

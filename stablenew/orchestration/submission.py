@@ -24,10 +24,17 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.states import Scheduled, to_state_create
+from pydantic import ValidationError
 
-from stablenew.errors import DuplicateJob, SubmissionError
+from stablenew.errors import (
+    DuplicateJob,
+    InvalidRecords,
+    JobIdMismatch,
+    RecordProblem,
+    SubmissionError,
+)
 from stablenew.orchestration._prefect import PAGE, read_runs_by_id
-from stablenew.records import NormalizedJobRecord
+from stablenew.records import NormalizedJobRecord, revalidate
 
 logger = logging.getLogger(__name__)
 
@@ -82,30 +89,51 @@ def run_tags(
 def validate_records(
     records: Iterable[NormalizedJobRecord | dict[str, Any]],
 ) -> list[NormalizedJobRecord]:
-    """Every record valid (dicts validated as records), no job twice; else one
-    SubmissionError listing the problems, before anything is created."""
+    """Every record valid however it was made, each ``job_id`` the id its content gives, no
+    job twice; else one :class:`InvalidRecords` listing every problem, before anything is
+    created. Returns the records as validated (what the runs are created from)."""
     valid: list[NormalizedJobRecord] = []
-    problems: list[str] = []
+    problems: list[RecordProblem] = []
     seen: set[str] = set()
     for i, item in enumerate(records):
+        given = _given_id(item)
         try:
-            rec = (
-                item
-                if isinstance(item, NormalizedJobRecord)
-                else NormalizedJobRecord.model_validate(item)
+            rec = revalidate(item)
+        except JobIdMismatch as e:
+            problems.append(
+                RecordProblem(
+                    i, e.job_id, "job_id", f"expected {e.expected}, the id its content gives"
+                )
             )
-        except ValueError as e:
-            problems.append(f"record #{i}: {e}")
+            continue
+        except ValidationError as e:
+            problems.extend(
+                RecordProblem(
+                    i,
+                    given,
+                    ".".join(str(p) for p in err["loc"]),
+                    err["msg"].removeprefix("Value error, "),
+                )
+                for err in e.errors()
+            )
+            continue
+        except (TypeError, ValueError) as e:
+            problems.append(RecordProblem(i, given, "", f"a job record ({e})"))
             continue
         if rec.job_id in seen:
-            problems.append(f"record #{i}: duplicate job_id {rec.job_id} in this submission")
+            problems.append(
+                RecordProblem(i, rec.job_id, "job_id", "a job not already in this submission")
+            )
         seen.add(rec.job_id)
         valid.append(rec)
     if problems:
-        shown = "\n".join(problems[:20])
-        more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise SubmissionError(f"{len(problems)} invalid record(s), nothing queued:\n{shown}{more}")
+        raise InvalidRecords(problems)
     return valid
+
+
+def _given_id(item: object) -> str:
+    raw = item.get("job_id") if isinstance(item, dict) else getattr(item, "job_id", "")
+    return raw if isinstance(raw, str) else ""
 
 
 async def _with_retry(call: Callable[[], Awaitable[T]], attempts: int = 6) -> T:

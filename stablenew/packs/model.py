@@ -246,9 +246,15 @@ class StageOverride(_SamplingSettings):
 
 
 class Limits(_PackModel):
-    """Safety limits; exceeding one is an error, never a truncation."""
+    """Safety limits; exceeding one is an error, never a truncation. ``max_jobs`` may only
+    lower the installation's ``limits.max_jobs`` setting, never raise it."""
 
-    max_jobs: int = Field(default=10_000, ge=1, description="Most jobs the pack may expand to.")
+    max_jobs: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most jobs the pack may expand to; at most the installation's "
+        "limits.max_jobs setting (default 10,000), which also applies when unset.",
+    )
     max_megapixels: float = Field(
         default=4.2, gt=0, description="Largest image any stage may produce, in megapixels."
     )
@@ -288,7 +294,9 @@ class PromptPack(_PackModel):
     wildcards: str | None = Field(
         default=None,
         min_length=1,
-        description="Wildcard directory, relative to the pack file (default configs/wildcards).",
+        description="Wildcard directory, relative to the pack file; it must lie inside the "
+        "pack's folder, the bundled configs/wildcards or a folder of the limits.wildcard_roots "
+        "setting (default: configs/wildcards).",
     )
     prompts: list[PromptSpec] = Field(min_length=1, description="The prompt rows.")
     stages: list[StageOverride] = Field(

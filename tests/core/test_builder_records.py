@@ -113,7 +113,9 @@ def test_records_carry_pack_identity_and_resolved_stages() -> None:
     assert (up.upscaler, up.scale, up.sampler) == ("R-ESRGAN 4x+", 2.0, None)
 
 
-def test_build_streams_lazily(write_pack: WritePack) -> None:
+def test_build_streams_lazily(write_pack: WritePack, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A pack may only lower the installation's job limit: raise that one.
+    monkeypatch.setenv("STABLENEW_LIMITS__MAX_JOBS", "1000000000")
     path = write_pack(
         """
         pack: stream

@@ -1,0 +1,68 @@
+"""Forged and unvalidated records submitted through the SDK, against a real Prefect server and
+worker: refused with a SubmissionError before anything is queued, so the completed job a forged
+record claims to be keeps its one run, its files and its record, and nothing else of the call
+runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stablenew.errors import InvalidRecords, JobNotFound, SubmissionError
+from stablenew.lifecycle import JobStatus
+from stablenew.orchestration.jobs import JobService
+from stablenew.outputs import job_dir
+from stablenew.records import NormalizedJobRecord, compute_job_id
+from tests.orchestration.conftest import LiveStack, make_record, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def test_a_forged_job_id_is_refused_and_the_job_it_names_is_untouched(live: LiveStack) -> None:
+    service = JobService()
+    done = make_record("integrity: the original")
+    service.submit([done])
+    first = wait_for(
+        lambda: (ref := service.status(done.job_id)).status.is_terminal and ref,
+        timeout=60,
+        what="the original job",
+    )
+    assert first.status is JobStatus.COMPLETED
+    folder = job_dir(live.output_root, done)
+    before = _files(folder)
+    assert any(name.endswith("record.json") for name in before)
+    generations = len(live.stats()["events"])
+
+    forged = done.model_copy(update={"prompt": "integrity: a forgery"})
+    unvalidated = make_record("integrity: steps").model_copy(update={"steps": 0, "job_id": ""})
+    constructed = NormalizedJobRecord.model_construct(prompt="integrity: half a record")
+    bystander = make_record("integrity: a valid bystander")
+    for bad in (forged, unvalidated, constructed):
+        with pytest.raises(SubmissionError) as caught:
+            service.submit([bystander, bad], allow_duplicates=True)
+        assert isinstance(caught.value, InvalidRecords)
+        assert caught.value.rolled_back == ()  # nothing was created to roll back
+    message = _refusal(service, forged)
+    assert done.job_id in message
+    assert compute_job_id(forged.content_dict()) in message
+
+    with pytest.raises(JobNotFound):
+        service.status(bystander.job_id)  # all or nothing: the valid one was not queued
+    assert service.status(done.job_id).flow_run_id == first.flow_run_id
+    assert _files(folder) == before
+    assert len(live.stats()["events"]) == generations
+
+
+def _refusal(service: JobService, record: NormalizedJobRecord) -> str:
+    with pytest.raises(SubmissionError) as caught:
+        service.submit([record], allow_duplicates=True)
+    return str(caught.value)
