@@ -9,7 +9,10 @@ Prefect's API cannot filter runs by "updated since", so a sync reads two bounded
    cancelled-while-queued included) reach the history without state hooks.
 
 Status events are derived from each run's timestamps and current state and written through
-the store's unique (job, status, time) index, so running a sync twice adds nothing. A store
+the store's unique (job, status, time) index, so running a sync twice adds nothing. A run
+that went back to its queue (its worker stopped or died) or waited for its WebUI says so in
+its tags; for those, and for runs Prefect ran more than once, the run's state history is
+read too, so every requeue, wait and attempt is a transition with its reason. A store
 failure is logged and left for the next sync: it never touches a job.
 """
 
@@ -29,7 +32,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterExpectedStartTime,
     FlowRunFilterIdempotencyKey,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 
 from stablenew.errors import HistoryError
@@ -38,6 +41,7 @@ from stablenew.lifecycle import JobStatus, status_from_prefect
 from stablenew.orchestration._prefect import PAGE, read_runs_by_id
 from stablenew.orchestration.deployments import RENDER_DEPLOYMENT
 from stablenew.orchestration.submission import MAX_RESUBMITS, Lineage
+from stablenew.orchestration.tags import NOTEWORTHY
 from stablenew.outputs import run_dirs
 from stablenew.records import NormalizedJobRecord
 
@@ -89,12 +93,17 @@ def events_for(
     output_root: Path | None = None,
     *,
     attempt_start: datetime | None = None,
+    states: list[State] | None = None,
 ) -> list[StatusEvent]:
     """The status events of this run (one flow run of the job) that its timestamps and
     current state imply, oldest first. A run Prefect retries (its UI's Retry, or a retry
-    policy) shows as a new attempt of the same run."""
+    policy) shows as a new attempt of the same run. With the run's ``states`` (oldest
+    first), also every requeue and wait between them, each with its message."""
     common = {"job_id": record.job_id, "flow_run_id": str(run.id), "source": "exporter"}
     worker = (run.labels or {}).get("prefect.worker.name")
+    if states:
+        starts = [st.timestamp for st in states if st.type == StateType.RUNNING]
+        attempt_start = attempt_start or (max(starts) if starts else None)
     tries = max(run.run_count, 1)
     events = [
         StatusEvent(
@@ -147,7 +156,55 @@ def events_for(
             **common,
         )
     )
+    if states:
+        events.extend(_noted(states, common))
     return events
+
+
+def _noted(states: list[State], common: dict[str, str]) -> list[StatusEvent]:
+    """The requeues and waits in a run's state history: a SCHEDULED state after the first
+    (the run went back to its queue; the next attempt waits) and a RUNNING-type state with a
+    message (e.g. waiting for the WebUI)."""
+    noted: list[StatusEvent] = []
+    attempt, running = 1, False
+    for i, st in enumerate(states):
+        if st.type == StateType.RUNNING:
+            if not running and i and any(s.type == StateType.RUNNING for s in states[:i]):
+                attempt += 1
+            running = True
+            if st.message:
+                noted.append(
+                    StatusEvent(
+                        status=JobStatus.RUNNING,
+                        at=st.timestamp,
+                        message=f"{st.name}: {st.message}",
+                        attempt=attempt,
+                        **common,
+                    )
+                )
+            continue
+        if running and st.type == StateType.SCHEDULED:
+            noted.append(
+                StatusEvent(
+                    status=JobStatus.QUEUED,
+                    at=st.timestamp,
+                    message=st.message or st.name,
+                    attempt=attempt + 1,
+                    **common,
+                )
+            )
+        elif st.type == StateType.SCHEDULED and i and st.message:
+            noted.append(  # handed back before it ran: still its first attempt
+                StatusEvent(
+                    status=JobStatus.QUEUED,
+                    at=st.timestamp,
+                    message=st.message,
+                    attempt=attempt,
+                    **common,
+                )
+            )
+        running = False
+    return noted
 
 
 def submission_of(run: FlowRun, record: NormalizedJobRecord) -> Submission:
@@ -224,14 +281,14 @@ async def sync_job(
     return await record_runs(client, store, runs, output_root)
 
 
-async def _attempt_start(client: PrefectClient, run: FlowRun) -> datetime | None:
-    """When the current attempt of a retried run started (Prefect's start_time keeps the
-    first); only asked for runs Prefect ran more than once."""
-    if run.run_count < 2:
+async def _states(client: PrefectClient, run: FlowRun) -> list[State] | None:
+    """The run's state history, oldest first, where it holds more than its timestamps say:
+    runs Prefect ran more than once (when did this attempt start?) and runs tagged as having
+    gone back to their queue or waited."""
+    if run.run_count < 2 and not NOTEWORTHY & set(run.tags or ()):
         return None
     states = await client.read_flow_run_states(run.id)
-    starts = [st.timestamp for st in states if st.type == StateType.RUNNING]
-    return max(starts) if starts else None
+    return sorted(states, key=lambda st: st.timestamp)
 
 
 async def record_runs(
@@ -251,9 +308,7 @@ async def record_runs(
             stats.skipped += 1
             continue
         submissions.append(submission_of(run, record))
-        events.extend(
-            events_for(run, record, output_root, attempt_start=await _attempt_start(client, run))
-        )
+        events.extend(events_for(run, record, output_root, states=await _states(client, run)))
     stats.add(store.record_many(submissions, events))
     return stats
 

@@ -52,6 +52,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Crashed, Scheduled
 
+from stablenew.orchestration import tags
 from stablenew.orchestration.submission import LINEAGE_KEY, MAX_RESUBMITS, Lineage, run_tags
 from stablenew.orchestration.worker_state import gpu_variable_name
 from stablenew.records import NormalizedJobRecord
@@ -156,6 +157,9 @@ async def requeue(client: PrefectClient, run: FlowRun, reason: str) -> None:
     await client.set_flow_run_state(
         run.id, Scheduled(scheduled_time=when, message=reason), force=True
     )
+    if tags.REQUEUED not in (run.tags or []):
+        # Tells the history to read this run's states (its timestamps do not show this).
+        await client.update_flow_run(run.id, tags=[*(run.tags or []), tags.REQUEUED])
 
 
 async def recover_worker(
@@ -236,14 +240,14 @@ async def _crash_and_rerun(
         )
         await client.set_flow_run_state(
             run.id,
-            Crashed(message=f"Crashed: {worker} {why} while generating; not re-run: {because}"),
+            Crashed(message=f"{worker} {why} while generating; not re-run: {because}"),
             force=True,
         )
         return None
     rerun = await _create_rerun(client, run, record)
     await client.set_flow_run_state(
         run.id,
-        Crashed(message=f"Crashed: {worker} {why} while generating; re-run as {rerun}"),
+        Crashed(message=f"{worker} {why} while generating; re-run as {rerun}"),
         force=True,
     )
     return rerun

@@ -60,6 +60,7 @@ def test_every_prefect_state_type_is_mapped() -> None:
         (JobStatus.RUNNING, JobStatus.CANCELLING),
         (JobStatus.CANCELLING, JobStatus.CANCELLED),
         (JobStatus.RUNNING, JobStatus.RUNNING),
+        (JobStatus.RUNNING, JobStatus.QUEUED),  # handed back / its worker died
     ],
 )
 def test_legal_moves(old: JobStatus, new: JobStatus) -> None:
@@ -73,7 +74,7 @@ def test_legal_moves(old: JobStatus, new: JobStatus) -> None:
         (JobStatus.CANCELLED, JobStatus.QUEUED),
         (JobStatus.FAILED, JobStatus.COMPLETED),
         (JobStatus.SUBMITTED, JobStatus.RUNNING),
-        (JobStatus.RUNNING, JobStatus.QUEUED),
+        (JobStatus.COMPLETED, JobStatus.QUEUED),
     ],
 )
 def test_illegal_moves_are_logged_with_both_states_and_the_job(

@@ -6,6 +6,7 @@ detection is sped up (heartbeat 1 s, dead after 4 s) so each case takes seconds,
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import Iterator
@@ -15,6 +16,10 @@ import pytest
 from prefect.client.schemas.objects import StateType
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from stablenew.history import SqliteHistoryStore
+from stablenew.lifecycle import JobStatus
+from stablenew.orchestration._prefect import prefect_client
+from stablenew.orchestration.exporter import sync
 from stablenew.orchestration.jobs import JobService
 from stablenew.orchestration.submission import Lineage
 from tests.orchestration.conftest import make_record
@@ -55,7 +60,14 @@ def claimed_by(pack: str, worker: str) -> int:
     return sum(1 for r in runs_of(pack) if claimant(r) == worker)
 
 
-def test_sigkill_mid_job_with_full_lookahead_then_a_new_worker(api: FaultLab) -> None:
+async def _sync(store: SqliteHistoryStore) -> None:
+    async with prefect_client() as client:
+        await sync(client, store)
+
+
+def test_sigkill_mid_job_with_full_lookahead_then_a_new_worker(
+    api: FaultLab, tmp_path: Path
+) -> None:
     sim = api.start_sim(seconds_per_image=1.0)
     pack = "kill-lookahead"
     submit(pack, 8)
@@ -76,6 +88,24 @@ def test_sigkill_mid_job_with_full_lookahead_then_a_new_worker(api: FaultLab) ->
     assert [Lineage.of(r).parent_flow_run_id for r in reruns] == [str(crashed[0].id)]
     # The staged ones went back to the queue (and ran from there).
     assert f"{held - 1} requeued, 1 crashed (1 re-run)" in api.log("worker-rescuer")
+
+    # The history tells it: the crash with its reason, the re-run, and each requeue.
+    with SqliteHistoryStore(tmp_path / "history.db") as store:
+        asyncio.run(_sync(store))
+        crashed_job = crashed[0].parameters["record"]["job_id"]
+        job = store.get_job(crashed_job)
+        assert job.status == JobStatus.COMPLETED
+        runs_of_job = store.runs_of(crashed_job)
+        assert [r.reason for r in runs_of_job] == ["submit", "recovery"]
+        assert "doomed stopped heartbeating" in (runs_of_job[0].error or "")
+        requeues = [
+            t
+            for r in runs
+            if "requeued" in r.tags
+            for t in store.transitions(r.parameters["record"]["job_id"], str(r.id))
+            if t.to_status == JobStatus.QUEUED and "Requeued: doomed" in (t.message or "")
+        ]
+        assert len(requeues) == held - 1, requeues
     # Generations: each job once, plus at most the one the dead worker's WebUI finished.
     extra = sum(n - 1 for n in sim.generations().values())
     assert extra <= 1, sim.generations()
