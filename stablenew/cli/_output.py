@@ -15,6 +15,7 @@ from rich.console import Console
 from stablenew.errors import (
     ConfigError,
     DuplicateJob,
+    InvalidRecords,
     JobNotFound,
     JobNotQueued,
     OrchestrationError,
@@ -53,7 +54,8 @@ def print_json(data: Any) -> None:
 
 
 def _code_for(error: StableNewError) -> int:
-    if isinstance(error, PackError | ConfigError | JobNotFound | DuplicateJob | JobNotQueued):
+    bad_input = PackError | ConfigError | JobNotFound | DuplicateJob | JobNotQueued | InvalidRecords
+    if isinstance(error, bad_input):
         return EXIT_BAD_INPUT
     if isinstance(error, PrefectUnavailable):
         return EXIT_UNAVAILABLE
