@@ -24,7 +24,14 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.embedded import Stack, client_env, free_port, healthy, wait_until
+from stablenew.orchestration.embedded import (
+    Stack,
+    client_env,
+    free_port,
+    healthy,
+    prefect_server_env,
+    wait_until,
+)
 
 # Fast failure detection for tests: a heartbeat a second, dead after four missed.
 FAST_WORKER_ENV = {
@@ -107,6 +114,22 @@ class FaultLab:
         log.close()
         self.procs.append(proc)
         return proc
+
+    def kill_server(self) -> None:
+        """SIGKILL the Prefect server (its database stays)."""
+        pid = self.stack.pids.pop("prefect-server")
+        os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while healthy(f"{self.api}/health") and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def restart_server(self) -> None:
+        """The same server again: same port, same database."""
+        port = int(self.api.rsplit(":", 1)[1].split("/")[0])
+        argv = [sys.executable, "-m", "stablenew.orchestration.prefect_server", "server"]
+        argv += ["start", "--host", "127.0.0.1", "--port", str(port)]
+        proc = self._spawn("prefect-server", argv, prefect_server_env(self.home, port))
+        wait_until(lambda: healthy(f"{self.api}/health"), timeout=120, what="server", proc=proc)
 
     def log(self, name: str) -> str:
         path = self.home / f"{name}.log"

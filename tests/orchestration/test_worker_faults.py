@@ -181,6 +181,20 @@ def test_stop_after_grace_interrupts_and_requeues_the_generating_job(api: FaultL
     assert counts == {"SCHEDULED": 3}, counts  # interrupted, handed back: not failed
 
 
+def test_prefect_server_killed_and_restarted_with_a_queue(api: FaultLab) -> None:
+    sim = api.start_sim(seconds_per_image=0.1)
+    pack = "server-restart"
+    submit(pack, 50)
+    api.start_worker("steady", sim.url)
+    wait(lambda: len(sim.generations()) >= 5, 60, "the first jobs to render")
+    api.kill_server()
+    time.sleep(5)
+    api.restart_server()
+    wait(lambda: settled(pack, 50), 180, "all 50 jobs to complete after the restart")
+    assert set(completions_per_job(pack).values()) == {1}
+    assert max(sim.generations().values()) == 1
+
+
 def test_worker_stops_cleanly_with_nothing_to_do(api: FaultLab, tmp_path: Path) -> None:
     sim = api.start_sim(seconds_per_image=0.1)
     worker = api.start_worker("idle", sim.url)
