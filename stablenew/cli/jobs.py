@@ -26,6 +26,7 @@ from stablenew.cli._output import (
 )
 from stablenew.cli._pack_arg import PACK_HELP, pack_argument
 from stablenew.orchestration.pool import PRIORITIES, check_priority
+from stablenew.redact import redact_text
 from stablenew.settings import get_settings
 
 P = ParamSpec("P")
@@ -229,7 +230,7 @@ def _print_queue(state: Any) -> None:
         highlight=False,
     )
     for hold in state.holds:
-        console.print(f"[yellow]holding[/] {hold}", highlight=False)
+        console.print(f"[yellow]holding[/] {redact_text(hold)}", highlight=False)
     if not (state.generating or state.staged or state.pending):
         return
     # Full job ids, never cut: they are what `cancel` and `explain` take.
@@ -267,6 +268,7 @@ def ls(json_out: bool = typer.Option(False, "--json")) -> None:
     """Jobs generating, staged (claimed, waiting for the GPU) and pending, in run order."""
     state = _service().queue_state()
     if json_out:
+        state.holds = [redact_text(h) for h in state.holds]  # a worker's own words
         print_json(state.model_dump(mode="json"))
     else:
         _print_queue(state)

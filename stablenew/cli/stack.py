@@ -24,6 +24,7 @@ from stablenew.cli._output import (
 from stablenew.cli._pack_arg import PACK_HELP, pack_argument
 from stablenew.errors import StableNewError
 from stablenew.orchestration.pool import PRIORITIES, check_priority
+from stablenew.redact import redact_url
 from stablenew.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -282,7 +283,7 @@ def up(
     info = {
         "prefect_api": target.prefect_url,
         "prefect_ui": target.ui_url,
-        "webui": target.webui_url,
+        "webui": redact_url(target.webui_url) if target.webui_url else None,
         "started": target.started,
     }
     if json_out:
@@ -290,7 +291,7 @@ def up(
         return
     already = "" if target.started else "Already running. "
     console.print(
-        f"{already}Prefect UI {target.ui_url}\nWebUI {target.webui_url}\n"
+        f"{already}Prefect UI {target.ui_url}\nWebUI {info['webui']}\n"
         f"Data in {settings.home}. Every `stablenew` command and the SDK find this stack by "
         f"themselves; for Prefect's own tools: export PREFECT_API_URL={target.prefect_url}\n"
         "Stop it with `stablenew down`.",

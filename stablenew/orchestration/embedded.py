@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from stablenew.errors import OrchestrationError
+from stablenew.redact import redact_url, split_credentials
 
 STATE_FILE = "stack.json"
 STACK_MARKER = "STABLENEW_STACK_HOME"
@@ -139,6 +140,8 @@ class Stack:
             return
         data = asdict(self)
         data["home"] = str(self.home)
+        # For finding the stack again; a WebUI's credentials stay with the user's settings.
+        data["webui_url"] = redact_url(self.webui_url) if self.webui_url else None
         del data["owns_state"]
         tmp = self.home / f"{STATE_FILE}.part"
         tmp.write_text(json.dumps(data, indent=2))
@@ -224,12 +227,24 @@ class Stack:
     ) -> None:
         if not self.prefect_url or not self.webui_url:
             raise OrchestrationError("start the Prefect server and the WebUI before the worker")
+        # Credentials in the URL go to the worker through its environment, not its command
+        # line (which every local user can read).
+        url, credentials = split_credentials(self.webui_url)
+        auth = (
+            {
+                "STABLENEW_WEBUI__USERNAME": credentials[0],
+                "STABLENEW_WEBUI__PASSWORD": credentials[1],
+            }
+            if credentials
+            else {}
+        )
         self._spawn(
             "worker",
-            _python("stablenew", "worker", "--webui", self.webui_url, "--name", name, "--control"),
+            _python("stablenew", "worker", "--webui", url, "--name", name, "--control"),
             {
                 **client_env(self.prefect_url),
                 "STABLENEW_HOME": str(self.home.resolve()),
+                **auth,
                 **(extra_env or {}),
             },
         )

@@ -19,12 +19,7 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolUpdate
 from prefect.client.schemas.filters import (
     FlowRunFilter,
-    FlowRunFilterId,
     FlowRunFilterIdempotencyKey,
-    TaskRunFilter,
-    TaskRunFilterName,
-    TaskRunFilterState,
-    TaskRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
@@ -34,7 +29,8 @@ from prefect.states import Cancelled, Cancelling, Scheduled
 from stablenew.errors import DuplicateJob, JobNotFound, OrchestrationError, SubmissionError
 from stablenew.orchestration import queue_control
 from stablenew.orchestration._prefect import check_reachable, prefect_client, read_runs_by_id
-from stablenew.orchestration.deployments import RENDER_DEPLOYMENT, RENDER_FLOW_NAME, RENDER_TASK
+from stablenew.orchestration.bulk_cancel import cancel_matching, settle
+from stablenew.orchestration.deployments import RENDER_DEPLOYMENT, RENDER_FLOW_NAME
 from stablenew.orchestration.pool import (
     DEFAULT_PRIORITY,
     check_priority,
@@ -50,6 +46,7 @@ from stablenew.orchestration.queue_view import (
     pool_runs,
     read_queue_state,
 )
+from stablenew.orchestration.run_notes import WAITING_STATE
 from stablenew.orchestration.submission import (
     BULK,
     MAX_RESUBMITS,
@@ -331,9 +328,13 @@ class JobService:
         return asyncio.run(self.acancel(job_id))
 
     async def acancel_pack(self, pack_id: str) -> list[JobRef]:
+        """Cancel every active job of the pack in one step (see :mod:`bulk_cancel`): queued
+        ones end CANCELLED, claimed or running ones CANCELLING (their worker stops them);
+        none starts after this returns: it waits (a few seconds at most) for the workers to
+        stop those."""
         async with prefect_client() as client:
-            runs = await self._pool_runs(client, ACTIVE, tags=[f"pack:{pack_id}"])
-            return [await self._cancel_run(client, r) for r in runs]
+            runs = await cancel_matching(client, pool=self.pool, tags=[f"pack:{pack_id}"])
+            return [job_ref(r) for r in await settle(client, runs)]
 
     def cancel_pack(self, pack_id: str) -> list[JobRef]:
         return asyncio.run(self.acancel_pack(pack_id))
@@ -341,8 +342,7 @@ class JobService:
     async def acancel_runs(self, flow_run_ids: Sequence[uuid.UUID]) -> list[JobRef]:
         """Cancel these runs where still active (as ``cancel`` does for one job's latest run)."""
         async with prefect_client() as client:
-            runs = await read_runs_by_id(client, flow_run_ids)
-            return [await self._cancel_run(client, r) for r in runs if r.state_type in ACTIVE]
+            return [job_ref(r) for r in await cancel_matching(client, flow_run_ids=flow_run_ids)]
 
     async def arequeue_runs(self, flow_run_ids: Sequence[uuid.UUID], *, reason: str) -> int:
         """Put these runs back in their queue where a worker had claimed or started them
@@ -361,25 +361,18 @@ class JobService:
 
     async def acancel_current(self) -> list[JobRef]:
         """Cancel what is generating now: on each worker, the run that holds its GPU (the
-        worker publishes it) if its render task is RUNNING. Runs a worker has started ahead,
-        waiting for the GPU, are left alone."""
+        worker publishes it). Runs a worker has started ahead, waiting for the GPU, and runs
+        waiting for their WebUI to come back (state ``Waiting for WebUI``) are left alone."""
         async with prefect_client() as client:
             running = await self._pool_runs(client, [StateType.RUNNING])
             if not running:
                 return []
             holders = await read_gpu_holders(client, self.pool)
-            running = [r for r in running if generates(r, holders)]
-            if not running:
-                return []
-            rendering = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in running])),
-                task_run_filter=TaskRunFilter(
-                    name=TaskRunFilterName(like_=RENDER_TASK),  # names get a suffix
-                    state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
-                ),
-            )
-            ids = {t.flow_run_id for t in rendering}
-            return [await self._cancel_run(client, r) for r in running if r.id in ids]
+            return [
+                await self._cancel_run(client, r)
+                for r in running
+                if generates(r, holders) and r.state_name != WAITING_STATE
+            ]
 
     def cancel_current(self) -> list[JobRef]:
         return asyncio.run(self.acancel_current())

@@ -5,7 +5,8 @@
 The embedded stack starts its server this way. The arguments are Prefect's CLI, unchanged.
 The two fixes: cursors are closed when a statement fails (below), and a 503 for a locked
 database carries a short ``Retry-After`` (see :func:`retry_soon_when_locked`). The server
-also gets one route of ours, a faster bulk creation of flow runs (see ``bulk_route``).
+also gets two routes of ours: a faster bulk creation of flow runs (see ``bulk_route``) and
+cancelling many runs in one transaction (see ``cancel_route``).
 
 The first stall (measured on the bench before the fix: whole-server freezes of 60-120 s,
 several per few hundred jobs): SQLAlchemy 2.0's aiosqlite adapter leaves its cursor open when
@@ -130,20 +131,25 @@ def retry_soon_when_locked() -> None:
     api_server.custom_internal_exception_handler = handler
 
 
-def add_bulk_route() -> None:
-    """Serve :mod:`stablenew.orchestration.bulk_route` beside Prefect's own routes."""
+def add_our_routes() -> None:
+    """Serve :mod:`stablenew.orchestration.bulk_route` and
+    :mod:`stablenew.orchestration.cancel_route` beside Prefect's own routes."""
     from prefect.server.api import server as api_server
 
-    from stablenew.orchestration.bulk_route import router
+    from stablenew.orchestration import bulk_route, cancel_route
 
     # create_api_app() includes every router of this tuple when it builds the app.
-    api_server.API_ROUTERS = (*api_server.API_ROUTERS, router)  # type: ignore[assignment]
+    api_server.API_ROUTERS = (  # type: ignore[assignment]
+        *api_server.API_ROUTERS,
+        bulk_route.router,
+        cancel_route.router,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     close_cursors_on_error()
     retry_soon_when_locked()
-    add_bulk_route()
+    add_our_routes()
     from prefect.cli import app
 
     sys.argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]

@@ -19,6 +19,7 @@ from prefect.states import Cancelled, Pending, Running
 
 from stablenew.errors import SubmissionError
 from stablenew.lifecycle import JobStatus
+from stablenew.orchestration import bulk_cancel
 from stablenew.orchestration._prefect import prefect_client
 from stablenew.orchestration.jobs import JobService
 from tests.orchestration.conftest import LiveStack, make_record, wait_for
@@ -84,10 +85,12 @@ def test_cancel_queued_job_never_starts(live: LiveStack) -> None:
 def test_cancel_from_a_stale_listing_does_not_end_a_started_run_behind_its_worker(
     live: LiveStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # cancel_pack lists the pack's runs, then cancels them one by one; a run listed as
-    # queued may be started by a worker in between. It must then get CANCELLING (which the
-    # worker acts on: interrupt, end CANCELLED), not a CANCELLED the worker never hears of
-    # while it renders the job anyway.
+    # Without our cancel route (another Prefect server), cancel_pack lists the pack's runs,
+    # then cancels them one by one; a run listed as queued may be started by a worker in
+    # between. It must then get CANCELLING (which the worker acts on: interrupt, end
+    # CANCELLED), not a CANCELLED the worker never hears of while it renders the job anyway.
+    monkeypatch.setattr(bulk_cancel, "CANCEL_ROUTE", "/stablenew/absent/cancel")
+    monkeypatch.setattr(bulk_cancel, "SETTLE_SECONDS", 0.0)  # no worker ends it: we play it
     service = JobService()
     service.pause()
     rec = make_record("started meanwhile")
@@ -101,11 +104,11 @@ def test_cancel_from_a_stale_listing_does_not_end_a_started_run_behind_its_worke
                 await client.set_flow_run_state(run.id, Running())
         return listed
 
-    original = service._pool_runs
-    monkeypatch.setattr(service, "_pool_runs", listing_then_start)
+    original = bulk_cancel.pool_runs
+    monkeypatch.setattr(bulk_cancel, "pool_runs", listing_then_start)
     (ref,) = service.cancel_pack("itest")
     assert ref.status == JobStatus.CANCELLING
-    monkeypatch.setattr(service, "_pool_runs", original)
+    monkeypatch.setattr(bulk_cancel, "pool_runs", original)
     still_queued = make_record("still queued")
     service.submit([still_queued])
     (ref,) = service.cancel_pack("itest")
