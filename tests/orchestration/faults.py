@@ -85,6 +85,13 @@ class FaultLab:
         wait_until(lambda: healthy(f"{url}/sdapi/v1/progress"), timeout=60, what="sim", proc=proc)
         return Sim(url, proc, port)
 
+    def restart_sim(self, sim: Sim, down_seconds: float, seconds_per_image: float) -> Sim:
+        """Kill the simulator (what it was generating is lost) and start it again on the same
+        port after ``down_seconds``; its counts start from zero."""
+        kill(sim.proc, signal.SIGKILL)
+        time.sleep(down_seconds)
+        return self.start_sim(seconds_per_image, port=sim.port)
+
     def start_worker(
         self, name: str, webui: str, *, lookahead: int = 4, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
