@@ -33,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from stablenew.redact import redact_url
+
 
 class StableNewError(Exception):
     """Root of every error StableNew raises on purpose."""
@@ -105,13 +107,13 @@ class WebUIError(StableNewError):
         body: str = "",
         retryable: bool | None = None,
     ) -> None:
-        self.url = url
+        self.url = redact_url(url)  # a message is shown and logged: never with credentials
         self.status = status
         self.body = body[:500]
         if retryable is not None:
             self.retryable = retryable
         status_part = f" [{status}]" if status is not None else ""
-        super().__init__(f"{message}{status_part} ({url})")
+        super().__init__(f"{message}{status_part} ({self.url})")
 
 
 class WebUIUnreachable(WebUIError):
@@ -159,9 +161,9 @@ class OrchestrationError(StableNewError):
 
 class PrefectUnavailable(OrchestrationError):
     def __init__(self, url: str, reason: str = "") -> None:
-        self.url = url
+        self.url = redact_url(url)
         detail = f": {reason}" if reason else ""
-        super().__init__(f"no Prefect server reachable at {url}{detail}")
+        super().__init__(f"no Prefect server reachable at {self.url}{detail}")
 
 
 class SubmissionError(OrchestrationError):

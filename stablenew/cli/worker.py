@@ -24,7 +24,13 @@ def register(root: typer.Typer) -> None:
 
 @guarded
 def worker(
-    webui: str = typer.Option(..., "--webui", help="WebUI base URL this worker (GPU) uses."),
+    webui: str = typer.Option(
+        ...,
+        "--webui",
+        envvar="STABLENEW_WEBUI__URL",
+        help="WebUI base URL this worker (GPU) uses (credentials in it are used, never shown; "
+        "or give it through STABLENEW_WEBUI__URL, off the command line).",
+    ),
     name: str = typer.Option(None, "--name", help="Worker name shown in Prefect."),
     pool: str = typer.Option(None, "--pool", help="GPU work pool (default: settings)."),
     poll_seconds: float = typer.Option(0.2, "--poll-seconds", help="How often to poll for jobs."),
