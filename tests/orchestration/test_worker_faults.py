@@ -7,8 +7,10 @@ detection is sped up (heartbeat 1 s, dead after 4 s) so each case takes seconds,
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from tests.orchestration.faults import (
     completions_per_job,
     fault_lab,
     kill,
+    pack_runs,
     runs_of,
     settled,
     states,
@@ -201,3 +204,53 @@ def test_worker_stops_cleanly_with_nothing_to_do(api: FaultLab, tmp_path: Path) 
     wait(lambda: "started" in api.log("worker-idle"), 60, "the worker to start")
     kill(worker, signal.SIGTERM)
     assert worker.wait(timeout=15) == 0
+
+
+def test_two_recovering_parties_rerun_a_job_once(api: FaultLab) -> None:
+    """Both see the same dead worker at once: one CRASHED run, one re-run, one requeue."""
+    from prefect.states import Pending, Running
+
+    from stablenew.orchestration.recovery import claim_message, recover_worker
+    from stablenew.orchestration.worker_state import publish_gpu_holder
+
+    pack = "two-parties"
+    generating, staged = JobService().submit(
+        [make_record(f"{pack} {i}", pack_id=pack) for i in range(2)], "normal"
+    )
+    by_job = {r.parameters["record"]["job_id"]: r for r in runs_of(pack)}
+    logger = logging.getLogger("test")
+
+    async def scenario() -> None:
+        async with prefect_client() as client:
+            # What a worker named "ghost" leaves when it dies: one run generating (its GPU
+            # holder), one claimed behind it.
+            for job in (generating, staged):
+                run = by_job[job]
+                await client.set_flow_run_state(
+                    run.id, Pending(message=claim_message("ghost")), force=True
+                )
+            run = by_job[generating]
+            await client.update_flow_run_labels(run.id, {"prefect.worker.name": "ghost"})
+            await client.set_flow_run_state(run.id, Running(), force=True)
+            await publish_gpu_holder(client, "ghost", run.id, logger)
+            runs = await pack_runs(pack)
+            assert len(runs) == 2
+            await asyncio.gather(
+                *(
+                    recover_worker(
+                        client, "ghost", runs, why="died", retries_on_crash=1, logger=logger
+                    )
+                    for _ in range(2)
+                )
+            )
+
+    asyncio.run(scenario())
+    runs = runs_of(pack)
+    kinds = Counter(r.state.type.value for r in runs if r.state)
+    assert kinds == {"CRASHED": 1, "SCHEDULED": 2}, kinds
+    reruns = [r for r in runs if Lineage.of(r).reason == "recovery"]
+    assert len(reruns) == 1
+    assert reruns[0].parameters["record"]["job_id"] == generating
+    requeued = by_job[staged]
+    assert next(r for r in runs if r.id == requeued.id).state.message.startswith("Requeued")
+    JobService().cancel_pack(pack)
