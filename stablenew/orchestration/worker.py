@@ -32,7 +32,7 @@ from prefect.client.schemas.objects import FlowRun, State, WorkPool
 from prefect.client.schemas.responses import DeploymentResponse, WorkerFlowRunResponse
 from prefect.exceptions import Abort
 from prefect.flow_engine import run_flow
-from prefect.flows import Flow, load_flow_from_flow_run
+from prefect.flows import Flow, load_flow_from_entrypoint, load_flow_from_flow_run
 from prefect.states import Cancelled, Pending
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import (
@@ -44,6 +44,7 @@ from prefect.workers.base import (
 
 from stablenew.orchestration import gpu_gate, recovery
 from stablenew.orchestration.cancel_watch import CancelWatch, Interrupter
+from stablenew.orchestration.deployments import project_root
 from stablenew.orchestration.gpu_gate import GpuGate, HandedBack, Rank
 from stablenew.orchestration.pool import QUEUE_PRIORITY
 from stablenew.orchestration.worker_state import publish_gpu_holder, publish_hold, withdraw
@@ -56,6 +57,7 @@ WITHDRAW_SECONDS = 5.0  # bound on withdrawing what the worker published, at shu
 RECOVERY_SCAN_SECONDS = 5.0  # how often the pool's first live worker looks for dead ones
 INTERRUPTED_EXIT_SECONDS = 15.0  # after interrupting the WebUI, bound on the run ending
 LABEL_ATTEMPTS = 3
+LOAD_RETRY_SECONDS = 30.0  # a worker whose flow code does not load holds this long, then retries
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,10 @@ class StableNewWorker(
         self._unlabeled: set[UUID] = set()
         self._stopping = False
         self._stop_now = asyncio.Event()
+        # Why this worker cannot run jobs at all (its copy of the flow code does not load):
+        # it holds, so the queue is not drained into crashes; tried again after a while.
+        self._cannot_run: str | None = None
+        self._retry_load_at = 0.0
 
     # -- polling --------------------------------------------------------------------------
 
@@ -179,17 +185,20 @@ class StableNewWorker(
             if now - self._last_poll < self._min_poll_seconds:
                 return []
             self._last_poll = now
-        if self._readiness_check is not None:
+        reason: str | None = None
+        if self._cannot_run is not None and time.monotonic() < self._retry_load_at:
+            reason = self._cannot_run
+        elif self._readiness_check is not None:
             reason = await anyio.to_thread.run_sync(self._readiness_check)
-            if reason != self.hold_reason:
-                if reason:
-                    self._logger.warning("Holding: %s. Jobs stay queued.", reason)
-                else:
-                    self._logger.info("WebUI ready; taking jobs.")
-                self.hold_reason = reason
-                await publish_hold(self.client, self.name, reason, self._logger)
+        if reason != self.hold_reason:
             if reason:
-                return []
+                self._logger.warning("Holding: %s. Jobs stay queued.", reason)
+            else:
+                self._logger.info("Ready; taking jobs.")
+            self.hold_reason = reason
+            await publish_hold(self.client, self.name, reason, self._logger)
+        if reason:
+            return []
         if self.gate is None:
             return await super().get_and_submit_flow_runs()
         return await self._claim_for_gpu(self.gate)
@@ -450,13 +459,23 @@ class StableNewWorker(
         an orchestration pass per job."""
 
     async def _load_flow(self, flow_run: FlowRun) -> Flow[..., Any]:
+        """The run's flow from this worker's own copy of the project: the deployment names
+        its entrypoint (relative), never a path on the machine that deployed it. Loaded once
+        per deployment."""
         key = flow_run.deployment_id or flow_run.flow_id
         async with self._flows_lock:
-            flow = self._flows.get(key)
-            if flow is None:
-                # Runs the deployment's pull steps (chdir into the project) once per deployment.
+            cached = self._flows.get(key)
+            if cached is not None:
+                return cached
+            if flow_run.deployment_id is None:
                 flow = await load_flow_from_flow_run(flow_run)
-                self._flows[key] = flow
+            else:
+                deployment = await self.client.read_deployment(flow_run.deployment_id)
+                if not deployment.entrypoint:
+                    raise ValueError(f"deployment {deployment.name!r} has no entrypoint")
+                entrypoint = str(project_root() / deployment.entrypoint)
+                flow = await anyio.to_thread.run_sync(load_flow_from_entrypoint, entrypoint)
+            self._flows[key] = flow
             return flow
 
     def _cancel_watch(self) -> CancelWatch | None:
@@ -493,8 +512,12 @@ class StableNewWorker(
         except Exception as exc:
             if task_status is not None:
                 task_status.started(os.getpid())
-            await self._propose_crashed_state(flow_run, f"could not load the flow: {exc!r}")
-            return StableNewWorkerResult(identifier=str(flow_run.id), status_code=1)
+            # The job is not at fault; this worker is: give the run back and hold.
+            self._cannot_run = f"cannot load the flow code: {exc!r}"[:500]
+            self._retry_load_at = time.monotonic() + LOAD_RETRY_SECONDS
+            await self._hand_back(flow_run, f"Handed back: {self.name} {self._cannot_run}")
+            return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0)
+        self._cannot_run = None
         if task_status is not None:
             task_status.started(os.getpid())
 

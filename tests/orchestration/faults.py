@@ -93,7 +93,13 @@ class FaultLab:
         return self.start_sim(seconds_per_image, port=sim.port)
 
     def start_worker(
-        self, name: str, webui: str, *, lookahead: int = 4, env: dict[str, str] | None = None
+        self,
+        name: str,
+        webui: str,
+        *,
+        lookahead: int = 4,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "stablenew", "worker", "--webui", webui]
         argv += ["--name", name, "--lookahead", str(lookahead)]
@@ -106,9 +112,12 @@ class FaultLab:
                 **FAST_WORKER_ENV,
                 **(env or {}),
             },
+            cwd=cwd,
         )
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         proc = subprocess.Popen(
             argv,
@@ -117,6 +126,7 @@ class FaultLab:
             stdin=subprocess.DEVNULL,
             env={**os.environ, **env},
             start_new_session=True,
+            cwd=cwd,
         )
         log.close()
         self.procs.append(proc)

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prefect.client.schemas.objects import StateType
@@ -253,4 +254,51 @@ def test_two_recovering_parties_rerun_a_job_once(api: FaultLab) -> None:
     assert reruns[0].parameters["record"]["job_id"] == generating
     requeued = by_job[staged]
     assert next(r for r in runs if r.id == requeued.id).state.message.startswith("Requeued")
+    JobService().cancel_pack(pack)
+
+
+def test_deployments_hold_no_path_of_the_deploying_machine(api: FaultLab, tmp_path: Path) -> None:
+    """A worker runs the flows from its own copy of the project, wherever it was started."""
+
+    async def render_deployment() -> Any:
+        async with prefect_client() as client:
+            return await client.read_deployment_by_name("render-job/render-job")
+
+    deployment = asyncio.run(render_deployment())
+    assert deployment.path is None
+    assert not deployment.pull_steps
+    assert deployment.entrypoint == "flows/render.py:render_job"
+
+    sim = api.start_sim(seconds_per_image=0.05)
+    pack = "elsewhere"
+    submit(pack, 2)
+    elsewhere = tmp_path / "some-other-dir"
+    elsewhere.mkdir()
+    api.start_worker("elsewhere", sim.url, cwd=elsewhere)
+    wait(lambda: settled(pack, 2), 60, "the jobs to complete")
+
+
+def test_a_worker_that_cannot_load_the_flow_holds_instead_of_draining(api: FaultLab) -> None:
+    """Its claims go back to the queue and it stops claiming; nothing is marked crashed."""
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    sim = api.start_sim(seconds_per_image=0.05)
+    pack = "cannot-load"
+    submit(pack, 5)
+
+    async def break_entrypoint(entrypoint: str) -> None:
+        async with prefect_client() as client:
+            deployment = await client.read_deployment_by_name("render-job/render-job")
+            await client.update_deployment(deployment.id, DeploymentUpdate(entrypoint=entrypoint))
+
+    asyncio.run(break_entrypoint("flows/missing.py:render_job"))
+    try:
+        api.start_worker("broken", sim.url)
+        wait(lambda: "cannot load the flow code" in api.log("worker-broken"), 60, "a hold")
+        time.sleep(3)
+        counts = states(pack)
+        assert counts == {"SCHEDULED": 5}, counts  # handed back, nothing crashed or drained
+        assert sim.generations() == Counter()
+    finally:
+        asyncio.run(break_entrypoint("flows/render.py:render_job"))
     JobService().cancel_pack(pack)
