@@ -24,7 +24,6 @@ from stablenew.orchestration.pool import WORKER_TYPE, ensure_pool
 RENDER_DEPLOYMENT = "render-job"
 SUBMIT_DEPLOYMENT = "submit-pack"
 RENDER_FLOW_NAME = "render-job"
-RENDER_TASK = "render-stages"  # the task that talks to the WebUI (flows/render.py)
 CONTROL_POOL = "stablenew-control"
 
 

@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 import requests
+from urllib3.exceptions import ConnectTimeoutError
 
 from stablenew.errors import (
     WebUIAuthError,
@@ -39,6 +40,20 @@ def error_for_exception(exc: requests.RequestException, url: str) -> WebUIError:
     if isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
         return WebUIUnreachable(f"WebUI connection failed or was dropped ({kind})", url=url)
     return WebUIUnreachable(f"WebUI request failed ({kind})", url=url)
+
+
+def never_reached(err: BaseException) -> bool:
+    """Whether ``err`` (raised by the client) is a connection that was never made: refused or
+    not accepted in time, so the WebUI cannot have received the request. A connection dropped
+    after the request went out is not one: the WebUI may have started working on it."""
+    cause = err.__cause__
+    if isinstance(cause, requests.ConnectTimeout):
+        return True
+    if not isinstance(cause, requests.ConnectionError) or not cause.args:
+        return False
+    # requests wraps urllib3's MaxRetryError, whose ``reason`` says what happened.
+    reason = getattr(cause.args[0], "reason", None)
+    return isinstance(reason, ConnectTimeoutError)  # NewConnectionError is one of these
 
 
 def error_for_response(status: int, text: str, url: str) -> WebUIError:

@@ -26,9 +26,11 @@ from stablenew.errors import (
     WebUIError,
     WebUIRequestRejected,
     WebUIServerError,
+    WebUITimeout,
     WebUIUnreachable,
 )
 from stablenew.settings import WebUISettings
+from stablenew.webui import _interrupts
 from stablenew.webui._errors import error_for_exception, error_for_response
 from stablenew.webui._images import decode_b64, to_data_uri
 from stablenew.webui.models import (
@@ -44,6 +46,9 @@ API = "/sdapi/v1"
 # Calls that never wait for the generation lock (progress, interrupt, readiness) use this
 # read timeout unless the caller says otherwise: a long generation timeout would hide a hang.
 QUICK_READ_TIMEOUT = 30.0
+# After a generation call timed out: how long the WebUI may take to stop what it was doing
+# once interrupted (A1111 stops at the next sampling step, then decodes what it has).
+SETTLE_TIMEOUT = 30.0
 
 
 class WebUIClient:
@@ -51,6 +56,11 @@ class WebUIClient:
 
     ``auth`` is ``(user, password)`` for ``--api-auth``; credentials embedded in ``base_url``
     (``http://u:p@host``) are taken out of the URL and used the same way.
+
+    A generation or extras call that runs past the read timeout is not left running: the
+    client interrupts the WebUI and waits (at most ``settle_timeout`` s) until ``/progress``
+    says it is idle before raising :class:`WebUITimeout`, so the WebUI neither generates for
+    nobody nor makes the caller's retry queue behind the hung job (see :meth:`stop_generation`).
     """
 
     def __init__(
@@ -62,11 +72,13 @@ class WebUIClient:
         read_timeout: float = 600.0,
         session: requests.Session | None = None,
         pool_maxsize: int = 8,
+        settle_timeout: float = SETTLE_TIMEOUT,
     ) -> None:
         url, url_auth = _split_credentials(base_url)
         self.base_url = url.rstrip("/")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.settle_timeout = settle_timeout
         credentials = auth or url_auth
         self._auth = HTTPBasicAuth(*credentials) if credentials else None
         self._owns_session = session is None
@@ -137,7 +149,7 @@ class WebUIClient:
         self, payload: Mapping[str, Any], *, read_timeout: float | None = None
     ) -> UpscaleResult:
         """``POST /extra-single-image`` (upscale one image)."""
-        data = self._json_object("POST", "/extra-single-image", payload, read_timeout)
+        data = self._processing("/extra-single-image", payload, read_timeout)
         return UpscaleResult(
             image=self._image(data.get("image"), "/extra-single-image"),
             html_info=str(data.get("html_info") or ""),
@@ -170,6 +182,14 @@ class WebUIClient:
     def skip(self) -> None:
         """``POST /skip``: abandons the current batch only."""
         self._request("POST", f"{API}/skip", read_timeout=self._quick())
+
+    def stop_generation(self, timeout: float | None = None) -> bool:
+        """Interrupt whatever the WebUI is generating and wait until ``/progress`` says it is
+        idle (at most ``timeout`` s, default ``settle_timeout``); whether it is. See
+        :func:`._interrupts.stop_generation`."""
+        return _interrupts.stop_generation(
+            self, self.settle_timeout if timeout is None else timeout
+        )
 
     def get_options(self) -> dict[str, Any]:
         return self._json_object("GET", "/options", None, None)
@@ -335,10 +355,33 @@ class WebUIClient:
         except ValueError as e:
             raise self._shape_error(path, "base64 image data", "<undecodable>") from e
 
+    def _processing(
+        self, path: str, payload: Mapping[str, Any], read_timeout: float | None
+    ) -> dict[str, Any]:
+        """A call that holds the WebUI's generation lock; a timeout stops it (class doc)."""
+        try:
+            return self._json_object("POST", path, payload, read_timeout)
+        except WebUITimeout as e:
+            waited = read_timeout or self.read_timeout
+            started = time.monotonic()
+            if self.stop_generation():
+                raise WebUITimeout(
+                    f"WebUI did not answer within {waited:g}s; interrupted it, idle again "
+                    f"after {time.monotonic() - started:.1f}s",
+                    url=e.url,
+                ) from e
+            # A retry now would only queue behind the hung job.
+            raise WebUITimeout(
+                f"WebUI did not answer within {waited:g}s and was still busy "
+                f"{self.settle_timeout:g}s after an interrupt; not retried",
+                url=e.url,
+                retryable=False,
+            ) from e
+
     def _generate(
         self, path: str, payload: Mapping[str, Any], read_timeout: float | None
     ) -> GenerationResult:
-        data = self._json_object("POST", path, payload, read_timeout)
+        data = self._processing(path, payload, read_timeout)
         info = data.get("info")
         if isinstance(info, str):
             try:
@@ -350,7 +393,7 @@ class WebUIClient:
             parameters=dict(data.get("parameters") or {}),
             info=info if isinstance(info, dict) else {},
         )
-        reason = self._interruption(result, payload)
+        reason = _interrupts.partial_answer(self, result, payload)
         if reason:
             raise InterruptedGeneration(
                 f"generation was interrupted ({reason}); {len(result.images)} partial image(s)",
@@ -358,34 +401,6 @@ class WebUIClient:
                 url=self.base_url + API + path,
             )
         return result
-
-    def _interruption(self, result: GenerationResult, payload: Mapping[str, Any]) -> str | None:
-        """Why a 200 answer is a partial one, or ``None``.
-
-        A1111 answers an interrupted job with 200 and whatever images it had. Two signals, in
-        order: fewer images than ``batch_size * n_iter`` (remaining batches were dropped), and
-        the server's own state right after the answer: ``state.interrupted`` stays true after
-        a job ends and is reset only when the next job begins, so it is ours when its
-        ``job_timestamp`` equals the one in our ``info``. The progress call is lock-free; if it
-        fails the answer counts as complete.
-        """
-        # A selectable script decides how many images come back (grids, tiles, loops).
-        if payload.get("send_images", True) is not False and not payload.get("script_name"):
-            expected = int(payload.get("batch_size") or 1) * int(payload.get("n_iter") or 1)
-            got = len(result.images) - int(result.info.get("index_of_first_image") or 0)
-            if got < expected:
-                return f"{got} of {expected} images"
-        stamp = result.info.get("job_timestamp")
-        if not stamp:
-            return None
-        try:
-            state = self.progress()
-        except WebUIError as e:
-            logger.debug("could not check interrupt state: %s", e)
-            return None
-        if state.interrupted and state.job_timestamp == str(stamp):
-            return "server reports the job as interrupted"
-        return None
 
 
 def _split_credentials(base_url: str) -> tuple[str, tuple[str, str] | None]:
