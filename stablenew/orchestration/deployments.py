@@ -1,7 +1,9 @@
 """Apply ``prefect.yaml``: work pools, priority queues and deployments, idempotently.
 
-Deployments point at this checkout through a ``set_working_directory`` pull step, so no image
-or remote storage is needed (workers run on machines that share the project directory).
+A deployment names its flow by entrypoint relative to the project, nothing more: a StableNew
+worker loads it from its own copy of the project, wherever that lives on its machine. Only a
+pool for Prefect's stock process worker gets a ``set_working_directory`` pull step to this
+checkout (that worker needs one; its machines must have the project at the same path).
 """
 
 from __future__ import annotations
@@ -87,15 +89,18 @@ async def apply(
             pools_done.add(pool)
         flow: Flow[..., Any] = load_flow_from_entrypoint(str(root / spec.entrypoint))
         flow_id = await client.create_flow_from_name(flow.name)
+        stock = pool == gpu_pool and gpu_pool_type != WORKER_TYPE
         ids[spec.name] = await client.create_deployment(
             flow_id=flow_id,
             name=spec.name,
             description=spec.description,
             entrypoint=spec.entrypoint,
-            path=str(root),
+            path=str(root) if stock else None,
             pull_steps=[
                 {"prefect.deployments.steps.set_working_directory": {"directory": str(root)}}
-            ],
+            ]
+            if stock
+            else [],
             work_pool_name=pool,
             work_queue_name=spec.work_pool.work_queue_name,
             tags=spec.tags,
