@@ -1,6 +1,10 @@
 """Fault injection for the crash tests and ``bench/faults.py``: a Prefect server of their own
 (workers are killed here, so never the shared stack's), simulators and worker processes that
-can be killed, each on 127.0.0.1 free ports and stopped by whoever started them."""
+can be killed, each on 127.0.0.1 free ports and stopped by whoever started them.
+
+``postgres_fault_lab`` is the same lab with the Prefect server on PostgreSQL (a throwaway
+server and a fresh database, see ``tests/orchestration/postgres.py``), for the multi-worker
+test and ``bench/scaleout.py``."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +36,7 @@ from stablenew.orchestration.embedded import (
     prefect_server_env,
     wait_until,
 )
+from tests.orchestration.postgres import Postgres, postgres_server
 
 # Fast failure detection for tests: a heartbeat a second, dead after four missed.
 FAST_WORKER_ENV = {
@@ -70,16 +75,22 @@ class FaultLab:
     stack: Stack
     home: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # Added to the server's environment (e.g. its database URL) wherever the lab starts it.
+    server_env: dict[str, str] = field(default_factory=dict)
+    postgres: Postgres | None = None
 
     @property
     def api(self) -> str:
         assert self.stack.prefect_url
         return self.stack.prefect_url
 
-    def start_sim(self, seconds_per_image: float, port: int | None = None) -> Sim:
+    def start_sim(
+        self, seconds_per_image: float, port: int | None = None, args: Sequence[str] = ()
+    ) -> Sim:
+        """A simulator; ``args`` are more ``stablenew webui-sim`` options."""
         port = port or free_port()
         argv = [sys.executable, "-m", "stablenew", "webui-sim", "--host", "127.0.0.1"]
-        argv += ["--port", str(port), "--seconds-per-image", str(seconds_per_image)]
+        argv += ["--port", str(port), "--seconds-per-image", str(seconds_per_image), *args]
         proc = self._spawn("sim", argv, {})
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: healthy(f"{url}/sdapi/v1/progress"), timeout=60, what="sim", proc=proc)
@@ -145,8 +156,23 @@ class FaultLab:
         port = int(self.api.rsplit(":", 1)[1].split("/")[0])
         argv = [sys.executable, "-m", "stablenew.orchestration.prefect_server", "server"]
         argv += ["start", "--host", "127.0.0.1", "--port", str(port)]
-        proc = self._spawn("prefect-server", argv, prefect_server_env(self.home, port))
+        env = {**prefect_server_env(self.home, port), **self.server_env}
+        proc = self._spawn("prefect-server", argv, env)
         wait_until(lambda: healthy(f"{self.api}/health"), timeout=120, what="server", proc=proc)
+
+    def start_server(self) -> None:
+        """Our Prefect server on a free port with ``server_env`` (what ``Stack.start`` does,
+        with the lab's database); ``stack.stop()`` stops it."""
+        port = free_port()
+        self.stack.prefect_url = f"http://127.0.0.1:{port}/api"
+        argv = [sys.executable, "-m", "stablenew.orchestration.prefect_server", "server"]
+        argv += ["start", "--host", "127.0.0.1", "--port", str(port)]
+        env = {**prefect_server_env(self.home, port), **self.server_env}
+        proc = self.stack._spawn("prefect-server", argv, env)
+        log = self.stack.logs / "prefect-server.log"
+        wait_until(
+            lambda: healthy(f"{self.api}/health"), timeout=180, what=f"server ({log})", proc=proc
+        )
 
     def log(self, name: str) -> str:
         path = self.home / f"{name}.log"
@@ -190,6 +216,33 @@ def fault_lab(home: Path) -> Iterator[FaultLab]:
     finally:
         lab.stop_all()
         stack.stop()
+
+
+@contextmanager
+def postgres_fault_lab(home: Path, *, durable: bool = False) -> Iterator[FaultLab]:
+    """:func:`fault_lab` with the Prefect server on PostgreSQL: a PostgreSQL server of its own
+    (``durable=False``: no fsync, for tests) and a fresh database, our server wrapper on it,
+    the deployments applied; every process stopped and the database removed at the end."""
+    with postgres_server(durable=durable) as pg:
+        url = pg.create_database("prefect")
+        lab = FaultLab(
+            Stack(home=home), home, server_env={"PREFECT_API_DATABASE_CONNECTION_URL": url}
+        )
+        lab.postgres = pg
+        try:
+            lab.start_server()
+            with temporary_settings(updates={PREFECT_API_URL: lab.api}):
+                from stablenew.orchestration.deployments import apply
+
+                async def deploy() -> None:
+                    async with prefect_client() as client:
+                        await apply(client)
+
+                asyncio.run(deploy())
+                yield lab
+        finally:
+            lab.stop_all()
+            lab.stack.stop()
 
 
 async def pack_runs(pack_id: str) -> list[FlowRun]:
