@@ -163,14 +163,14 @@ def events_for(
 
 def _noted(states: list[State], common: dict[str, str]) -> list[StatusEvent]:
     """The requeues and waits in a run's state history: a SCHEDULED state after the first
-    (the run went back to its queue; the next attempt waits) and a RUNNING-type state with a
-    message (e.g. waiting for the WebUI)."""
+    (the run went back to its queue: after it ran, its next attempt waits there) and a
+    RUNNING-type state with a message (e.g. waiting for the WebUI, and back)."""
     noted: list[StatusEvent] = []
-    attempt, running = 1, False
+    attempts, running = 0, False  # entries into RUNNING so far, as Prefect counts attempts
     for i, st in enumerate(states):
         if st.type == StateType.RUNNING:
-            if not running and i and any(s.type == StateType.RUNNING for s in states[:i]):
-                attempt += 1
+            if not running:
+                attempts += 1
             running = True
             if st.message:
                 noted.append(
@@ -178,32 +178,22 @@ def _noted(states: list[State], common: dict[str, str]) -> list[StatusEvent]:
                         status=JobStatus.RUNNING,
                         at=st.timestamp,
                         message=f"{st.name}: {st.message}",
-                        attempt=attempt,
+                        attempt=attempts,
                         **common,
                     )
                 )
             continue
-        if running and st.type == StateType.SCHEDULED:
+        running = False
+        if st.type == StateType.SCHEDULED and i and (attempts or st.message):
             noted.append(
                 StatusEvent(
                     status=JobStatus.QUEUED,
                     at=st.timestamp,
                     message=st.message or st.name,
-                    attempt=attempt + 1,
+                    attempt=attempts + 1,
                     **common,
                 )
             )
-        elif st.type == StateType.SCHEDULED and i and st.message:
-            noted.append(  # handed back before it ran: still its first attempt
-                StatusEvent(
-                    status=JobStatus.QUEUED,
-                    at=st.timestamp,
-                    message=st.message,
-                    attempt=attempt,
-                    **common,
-                )
-            )
-        running = False
     return noted
 
 

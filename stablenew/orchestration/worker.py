@@ -525,6 +525,7 @@ class StableNewWorker(
         if watch is not None:
             watch.track(flow_run)
         state: State[Any] | None = None
+        error: BaseException | None = None
         try:
             state = await anyio.to_thread.run_sync(
                 partial(_run_flow_blocking, flow, flow_run), abandon_on_cancel=True
@@ -534,23 +535,41 @@ class StableNewWorker(
             await self._hand_back(flow_run, f"Handed back: {self.name} is stopping ({exc})")
             return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0)
         except BaseException as exc:  # the run must never stay RUNNING
-            await self._propose_crashed_state(
-                flow_run, f"worker caught {type(exc).__name__}: {exc}"
-            )
+            error = exc
         finally:
             if watch is not None:
                 watch.untrack(flow_run.id)
-        if state is not None and state.is_cancelling():
-            # Cancelled between the claim and the start: the server refused the engine's
-            # RUNNING, so nothing ran and nothing else will end the run.
+        if state is None or not state.is_final():
+            await self._end_unfinished(flow_run, state, error)
+        # Every path above left a final state (or a run cancelling); non-zero would make
+        # BaseWorker propose CRASHED on top of it.
+        return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0)
+
+    async def _end_unfinished(
+        self, flow_run: FlowRun, state: State[Any] | None, error: BaseException | None
+    ) -> None:
+        """The engine returned without a final state or raised: give the run one.
+
+        A run cancelled between its claim and its start had its RUNNING refused, so nothing
+        ran and nothing else will end it; an engine failure would be reported CRASHED, but
+        Prefect refuses anything but CANCELLED for a CANCELLING run (it would stay so)."""
+        try:
+            current = (await self.client.read_flow_run(flow_run.id)).state
+        except Exception:
+            current = state
+        if current is not None and current.is_final():
+            return
+        if (current is not None and current.is_cancelling()) or (
+            state is not None and state.is_cancelling()
+        ):
+            message = "cancelled before it started" if error is None else "cancelled"
             await self.client.set_flow_run_state(
-                flow_run.id, Cancelled(message="cancelled before it started"), force=True
+                flow_run.id, Cancelled(message=message), force=True
             )
-        # The engine set the final state itself (failed and cancelled included); non-zero
-        # would make BaseWorker propose CRASHED on top of it.
-        return StableNewWorkerResult(
-            identifier=str(flow_run.id), status_code=0 if state is not None else 1
-        )
+        elif error is not None:
+            await self._propose_crashed_state(
+                flow_run, f"worker caught {type(error).__name__}: {error}"
+            )
 
 
 def rank_of(run: FlowRun) -> Rank:

@@ -192,7 +192,11 @@ def _consume_then_cancel(
     try:
         wait_for(ended, timeout=60, what="the pack's runs to end")
     except AssertionError as e:
-        states = sorted(f"{r.state_name} {r.state.message if r.state else ''}" for r in left)
+        states = sorted(
+            f"{r.id} {r.state_name} {r.state.message if r.state else ''} "
+            f"worker={(r.labels or {}).get('prefect.worker.name')} runs={r.run_count}"
+            for r in left
+        )
         raise AssertionError(f"{e}; still {states[:10]}") from None
     runs = asyncio.run(_pack_runs(pack))
     by_state: dict[str, int] = {}
