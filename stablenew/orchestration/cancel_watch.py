@@ -56,10 +56,19 @@ class CancelWatch:
         self._watching = False
 
     def track(self, flow_run: FlowRun) -> None:
+        """Watch ``flow_run`` from its claim on (again: no change), so a cancel reaches it
+        even while something between the claim and its start is slow."""
+        if flow_run.id in self._in_flight:
+            return
         self._in_flight[flow_run.id] = (flow_run, cancellation.register(flow_run.id))
         if not self._watching:
             self._watching = True
             self._task_group.start_soon(self._watch)
+
+    def cancelled(self, flow_run_id: UUID) -> bool:
+        """Whether the watch has seen ``flow_run_id`` CANCELLING."""
+        entry = self._in_flight.get(flow_run_id)
+        return entry is not None and entry[1].is_set()
 
     def untrack(self, flow_run_id: UUID) -> None:
         self._in_flight.pop(flow_run_id, None)

@@ -30,7 +30,7 @@ import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun, State, WorkPool
 from prefect.client.schemas.responses import DeploymentResponse, WorkerFlowRunResponse
-from prefect.exceptions import Abort
+from prefect.exceptions import Abort, ObjectNotFound
 from prefect.flow_engine import run_flow
 from prefect.flows import Flow, load_flow_from_entrypoint, load_flow_from_flow_run
 from prefect.states import Cancelled, Pending
@@ -292,6 +292,8 @@ class StableNewWorker(
 
     def _release_limit_slot(self, flow_run_id: UUID) -> None:
         super()._release_limit_slot(flow_run_id)
+        if self._watch is not None:
+            self._watch.untrack(flow_run_id)
         if self.gate is not None:
             self.gate.forget(flow_run_id)
 
@@ -435,8 +437,22 @@ class StableNewWorker(
             return False
         except Exception:
             self._logger.exception("could not claim flow run %s", flow_run.id)
-            return False
+            return await self._claimed_anyway(flow_run)
         return state.is_pending()
+
+    async def _claimed_anyway(self, flow_run: FlowRun) -> bool:
+        """After a claim whose answer was lost (a timeout, a dropped connection): whether the
+        server took it. A claim it took and nobody ran would stay PENDING (or CANCELLING)
+        under a live worker, which recovery never touches."""
+        try:
+            state = (await self.client.read_flow_run(flow_run.id)).state
+        except Exception:
+            return False  # unknown: if it is ours, recovery gives it back once we are gone
+        return (
+            state is not None
+            and state.is_pending()
+            and state.message == recovery.claim_message(self.name)
+        )
 
     async def _give_worker_labels_to_flow_run(self, flow_run_id: UUID) -> None:
         """The worker's name on the run says who runs it (history shows it, recovery relies
@@ -452,6 +468,30 @@ class StableNewWorker(
                     self._unlabeled.add(flow_run_id)
                 else:
                     await anyio.sleep(0.2 * (attempt + 1))
+
+    async def _submit_run(self, flow_run: FlowRun) -> None:
+        """BaseWorker's, less two requests per job: its read of the run's deployment (only
+        to cancel runs of a deleted one; :meth:`_load_flow` reads each deployment once) and
+        its PATCH of ``infrastructure_pid`` (Prefect's cancellation kills that process; here
+        the process is the worker itself, and the cancel watch stops the run instead)."""
+        if await self._propose_pending_state(flow_run):
+            watch = self._cancel_watch()
+            if watch is not None:
+                watch.track(flow_run)
+            assert self._runs_task_group is not None
+            started = await self._runs_task_group.start(
+                self._submit_run_and_capture_errors, flow_run
+            )
+            if not started or isinstance(started, Exception):
+                self._release_limit_slot(flow_run.id)
+        else:
+            self._release_limit_slot(flow_run.id)
+        self._submitting_flow_run_ids.discard(flow_run.id)
+
+    def _emit_flow_run_submitted_event(self, configuration: BaseJobConfiguration) -> None:
+        """Not emitted (nor, then, its "executed" twin): two events per job that only repeat
+        what the run's own state events say, each written by the server."""
+        return None
 
     async def _propose_submitting_state(self, flow_run: FlowRun) -> None:
         """Skipped: "Submitting" is a second PENDING-type state between Pending and Running.
@@ -509,6 +549,13 @@ class StableNewWorker(
             return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0)
         try:
             flow = await self._load_flow(flow_run)
+        except ObjectNotFound:
+            if task_status is not None:
+                task_status.started(os.getpid())
+            await self.client.set_flow_run_state(
+                flow_run.id, Cancelled(message="its deployment no longer exists"), force=True
+            )
+            return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0)
         except Exception as exc:
             if task_status is not None:
                 task_status.started(os.getpid())
@@ -524,6 +571,11 @@ class StableNewWorker(
         watch = self._cancel_watch()
         if watch is not None:
             watch.track(flow_run)
+            if watch.cancelled(flow_run.id):
+                # Cancelled while it was being set up: never start it (Prefect would accept
+                # RUNNING if the watch has already ended it CANCELLED).
+                await self._end_unfinished(flow_run, None, None)
+                return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0)
         state: State[Any] | None = None
         error: BaseException | None = None
         try:
