@@ -10,8 +10,8 @@ Cancelling a run one request at a time costs two round trips each and, with work
 consuming the pack, races them run by run (300 runs took 59 s; with 4 workers 126 s, and
 the workers had finished 99 of 100 before the walk reached them). This route cancels every
 active run the filters select in ONE transaction, which takes the write lock first (SQLite:
-BEGIN IMMEDIATE; PostgreSQL: each run is read FOR UPDATE, as Prefect's own route does), so
-no worker claims one of them between the read and the write.
+BEGIN IMMEDIATE; PostgreSQL: each run is read again FOR UPDATE, as Prefect's own route
+does), so no worker's claim is lost between the read and the write.
 
 Each run gets exactly what Prefect's ``POST /flow_runs/{id}/set_state`` does with a proposed
 CANCELLING (not forced): Prefect's own orchestration (``models.flow_runs.set_flow_run_state``
@@ -134,6 +134,12 @@ async def cancel_flow_runs(
             sort=schemas.sorting.FlowRunSort.EXPECTED_START_TIME_ASC,
             limit=LIMIT,
         )
+        # Decide on each run as it is now, not as the read above found it: on PostgreSQL
+        # that read takes no lock, and set_flow_run_state's FOR UPDATE re-read would hand
+        # back these very (possibly stale) objects from the session, so a worker's claim
+        # committed in between would be overwritten with CANCELLED (and then run).
+        for run in runs:
+            session.expunge(run)
         for run in runs:
             result = await models.flow_runs.set_flow_run_state(
                 session=session,

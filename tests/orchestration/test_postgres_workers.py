@@ -178,14 +178,6 @@ def test_cancel_pack_interrupts_the_generating_job_on_both_workers(fleet: Fleet)
         JobService().cancel_pack("cancel")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="our cancel route on PostgreSQL can decide on a stale SCHEDULED state for a run a "
-    "worker has just claimed: PENDING is overwritten with CANCELLED, and Prefect accepts the "
-    "worker's CANCELLED -> RUNNING, so the job renders after cancel_pack returned "
-    "(cancel_route.py: the filter read loads the runs into the session; the FOR UPDATE re-read "
-    "returns those stale objects). Remove this mark when that is fixed.",
-)
 def test_no_job_of_a_cancelled_pack_runs_after_cancel_returns(fleet: Fleet) -> None:
     pack = "cancel-staged"
     submit(pack, 10, batch_size=20)
