@@ -157,7 +157,9 @@ class FaultLab:
         argv = [sys.executable, "-m", "stablenew.orchestration.prefect_server", "server"]
         argv += ["start", "--host", "127.0.0.1", "--port", str(port)]
         env = {**prefect_server_env(self.home, port), **self.server_env}
-        proc = self._spawn("prefect-server", argv, env)
+        # The stack's, not the lab's: the lab's processes die after each test, the server
+        # lives as long as the lab.
+        proc = self.stack._spawn("prefect-server", argv, env)
         wait_until(lambda: healthy(f"{self.api}/health"), timeout=120, what="server", proc=proc)
 
     def start_server(self) -> None:
