@@ -322,7 +322,27 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:  # pragma: no cover - someone else's process
         return True
-    return True
+    return _has_live_member(pgid)
+
+
+def _has_live_member(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is more than a zombie. A stack started by an
+    earlier command is not our child: its exited processes wait for init to reap them, which
+    some inits do only every few seconds (2 s here, per process stopped)."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # pragma: no cover - not Linux
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 def _terminate_group(pgid: int, timeout: float = 15.0) -> bool:
