@@ -59,7 +59,7 @@ class GpuGate:
         self._handing_back = False  # waiters leave, nobody new gets the GPU
         self._handing_back_holder = False  # the holder's own failure means "handed back"
         # Told (outside the lock) which run has just got the GPU: the worker publishes it,
-        # since from outside every run waiting here looks the same (its render task RUNNING).
+        # since from outside every run waiting here looks the same (its flow run RUNNING).
         self.on_grant: Callable[[UUID], None] | None = None
 
     @property

@@ -3,7 +3,7 @@
 - ``stablenew_hold__<worker>``: why the worker is not taking jobs (its WebUI is down or
   refuses it); ``stablenew queue`` prints it, and the Prefect UI shows it.
 - ``stablenew_gpu__<worker>``: the flow run its GPU is generating for. Staged runs wait for the
-  GPU inside their render task, so from the API they look like the generating one; this is how
+  GPU inside their running flow, so from the API they look like the generating one; this is how
   ``cancel --current`` and ``stablenew queue`` tell them apart.
 
 Publishing is best effort: it never stops a worker or disturbs a job. A worker that stops

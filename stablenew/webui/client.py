@@ -15,7 +15,6 @@ import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -29,6 +28,7 @@ from stablenew.errors import (
     WebUITimeout,
     WebUIUnreachable,
 )
+from stablenew.redact import split_credentials
 from stablenew.settings import WebUISettings
 from stablenew.webui import _interrupts
 from stablenew.webui._errors import error_for_exception, error_for_response
@@ -74,7 +74,7 @@ class WebUIClient:
         pool_maxsize: int = 8,
         settle_timeout: float = SETTLE_TIMEOUT,
     ) -> None:
-        url, url_auth = _split_credentials(base_url)
+        url, url_auth = split_credentials(base_url)
         self.base_url = url.rstrip("/")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -401,16 +401,3 @@ class WebUIClient:
                 url=self.base_url + API + path,
             )
         return result
-
-
-def _split_credentials(base_url: str) -> tuple[str, tuple[str, str] | None]:
-    """Take ``user:password@`` out of a URL so it never appears in messages."""
-    parts = urlsplit(base_url)
-    if parts.username is None:
-        return base_url, None
-    user, password = unquote(parts.username), unquote(parts.password or "")
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
-    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return clean, (user, password)
