@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,18 @@ class Control:
     def reset(self) -> None:
         self._post("reset", {})
 
+    def clean_slate(self) -> None:
+        """Reset, let a job the reset woke finish (bounded), and reset again: a hung job
+        from the test before would otherwise end, with its event, inside the next test."""
+        self.reset()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            stats = self.stats()
+            if not stats["busy"] and not stats.get("queued"):
+                break
+            time.sleep(0.02)
+        self.reset()
+
     def stats(self) -> dict[str, Any]:
         r = requests.get(f"{self.base}/stats", timeout=5)
         r.raise_for_status()
@@ -51,9 +64,9 @@ def sim() -> Iterator[SimServer]:
 @pytest.fixture
 def control(sim: SimServer) -> Iterator[Control]:
     ctl = Control(sim.url)
-    ctl.reset()
+    ctl.clean_slate()
     yield ctl
-    ctl.reset()
+    ctl.clean_slate()
 
 
 @pytest.fixture
