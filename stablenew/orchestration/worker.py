@@ -543,6 +543,15 @@ class StableNewWorker(
         configuration: StableNewJobConfiguration,
         task_status: anyio.abc.TaskStatus[int] | None = None,
     ) -> StableNewWorkerResult:
+        # In-process, a claimed run has started as soon as this worker holds it.
+        if task_status is not None:
+            task_status.started(os.getpid())
+        await self._run_claimed(flow_run)
+        # Every path of _run_claimed leaves a final state, a run handed back or one
+        # cancelling; non-zero would make BaseWorker propose CRASHED on top of it.
+        return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0)
+
+    async def _run_claimed(self, flow_run: FlowRun) -> None:
         reason = None
         if self._stopping:
             reason = f"Handed back: {self.name} is stopping"
@@ -550,39 +559,30 @@ class StableNewWorker(
             self._unlabeled.discard(flow_run.id)
             reason = f"Handed back: {self.name} could not label it"
         if reason is not None:
-            if task_status is not None:
-                task_status.started(os.getpid())
             await self._hand_back(flow_run, reason)
-            return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0)
+            return
         try:
             flow = await self._load_flow(flow_run)
         except ObjectNotFound:
-            if task_status is not None:
-                task_status.started(os.getpid())
             await self.client.set_flow_run_state(
                 flow_run.id, Cancelled(message="its deployment no longer exists"), force=True
             )
-            return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0)
+            return
         except Exception as exc:
-            if task_status is not None:
-                task_status.started(os.getpid())
             # The job is not at fault; this worker is: give the run back and hold.
             self._cannot_run = f"cannot load the flow code: {exc!r}"[:500]
             self._retry_load_at = time.monotonic() + LOAD_RETRY_SECONDS
             await self._hand_back(flow_run, f"Handed back: {self.name} {self._cannot_run}")
-            return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0)
+            return
         self._cannot_run = None
-        if task_status is not None:
-            task_status.started(os.getpid())
 
-        watch = self._cancel_watch()
-        if watch is not None:
-            watch.track(flow_run)
-            if watch.cancelled(flow_run.id):
-                # Cancelled while it was being set up: never start it (Prefect would accept
-                # RUNNING if the watch has already ended it CANCELLED).
-                await self._end_unfinished(flow_run, None, None)
-                return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0)
+        # The watch has followed the run since its claim (see _submit_run).
+        watch = self._watch
+        if watch is not None and watch.cancelled(flow_run.id):
+            # Cancelled while it was being set up: never start it (Prefect would accept
+            # RUNNING if the watch has already ended it CANCELLED).
+            await self._end_unfinished(flow_run, None, None)
+            return
         state: State[Any] | None = None
         error: BaseException | None = None
         try:
@@ -592,7 +592,7 @@ class StableNewWorker(
         except HandedBack as exc:
             # The engine wrote no final state (an Abort); the run goes back to its queue.
             await self._hand_back(flow_run, f"Handed back: {self.name} is stopping ({exc})")
-            return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0)
+            return
         except BaseException as exc:  # the run must never stay RUNNING
             error = exc
         finally:
@@ -600,9 +600,6 @@ class StableNewWorker(
                 watch.untrack(flow_run.id)
         if state is None or not state.is_final():
             await self._end_unfinished(flow_run, state, error)
-        # Every path above left a final state (or a run cancelling); non-zero would make
-        # BaseWorker propose CRASHED on top of it.
-        return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0)
 
     async def _end_unfinished(
         self, flow_run: FlowRun, state: State[Any] | None, error: BaseException | None
