@@ -1,7 +1,7 @@
 """Fault injection at scale: workers SIGKILLed and WebUIs restarted while a pack renders.
 
     python bench/faults.py [--jobs 200] [--workers 2] [--worker-kills 3] [--webui-restarts 2]
-        [--seconds-per-image 0.2] [--webui-down 20] [--json]
+        [--seconds-per-image 0.2] [--webui-down 20] [--keep DIR] [--json]
 
 Starts a throwaway Prefect server (SQLite), one simulator and one worker per GPU, submits the
 pack, and while it renders alternates the faults: SIGKILL a worker (a replacement with a new
@@ -22,6 +22,7 @@ With --json the last line is one JSON object with those figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import contextvars
 import json
 import signal
@@ -62,12 +63,21 @@ def main() -> None:
     parser.add_argument("--webui-restarts", type=int, default=2)
     parser.add_argument("--seconds-per-image", type=float, default=0.2)
     parser.add_argument("--webui-down", type=float, default=20.0)
-    parser.add_argument("--deadline", type=float, default=900.0, help="Give up after (s).")
+    parser.add_argument("--deadline", type=float, default=600.0, help="Give up after (s).")
+    parser.add_argument(
+        "--keep", type=Path, help="Run in this (new) folder and keep it: logs, database, images."
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C: the lab stops what it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.keep:
+        args.keep.mkdir(parents=True)
 
     with (
-        tempfile.TemporaryDirectory(prefix="stablenew-faults-") as tmp,
+        contextlib.nullcontext(str(args.keep))
+        if args.keep
+        else tempfile.TemporaryDirectory(prefix="stablenew-faults-") as tmp,
         fault_lab(Path(tmp)) as lab,
         temporary_settings(updates={PREFECT_API_URL: lab.api}),
     ):

@@ -44,16 +44,20 @@ async def render_job(record: NormalizedJobRecord) -> list[dict[str, Any]] | Stat
     try:
         # Unknown model/sampler/... fails fast here; a WebUI that is away is waited for.
         wait_for_webui(record, cancel, clock=clock, notes=notes)
+        cancellation.check_ours(run_id)
         if cancel.is_set():
             return Cancelled(message="cancelled before generation")
         # Takes this worker's GPU gate (each attempt anew) and gives it up at the last WebUI
         # answer, so the next job generates while this one's files are written.
         images = render_with_retries(record, run_id, cancel, clock=clock, notes=notes)
     except WebUIInterrupted:
+        cancellation.check_ours(run_id)  # taken back, not cancelled: write nothing
         if cancel.is_set():
             logger.info("Job %s cancelled during generation", record.job_id)
             return Cancelled(message="cancelled: WebUI interrupted")
         raise
+    # A run the pool has meanwhile given to another worker writes neither files nor state.
+    cancellation.confirm_ours(run_id)
     run = RunStamp(raw_id, attempt=max(flow_run.get_run_count(), 1))
     outputs = write_outputs(record, images, run)
     # After the GPU was released: images link to the loopback file server, which makes the

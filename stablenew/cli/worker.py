@@ -7,15 +7,20 @@ import logging
 import os
 import signal
 import socket
+import threading
+import time
 from typing import Any
 
 import typer
 
-from stablenew.cli._output import console, guarded
+from stablenew.cli._output import EXIT_FAILED, console, guarded
 from stablenew.errors import WebUIError
 
 # The control pool gets an export run a minute and the odd submit-pack from the UI.
 CONTROL_POLL_SECONDS = 2.0
+# After the worker's loop died: how long its flows (told to stop) may take to end.
+ABANDON_EXIT_SECONDS = 20.0
+log = logging.getLogger("stablenew.worker")
 
 
 def register(root: typer.Typer) -> None:
@@ -151,11 +156,35 @@ def worker(
         except asyncio.CancelledError:
             if not signals:
                 raise
+        except Exception:
+            # The loop is gone (a Prefect service of the worker failed): its log is the only
+            # record, so the whole traceback goes there. Flows still in their threads must
+            # not write states for runs the pool is about to give to others.
+            log.exception("worker %s stopped on an unexpected error", worker_name)
+            for w in workers:
+                w.abandon()
+            raise
 
     updates: dict[Any, Any] = {
         PREFECT_WORKER_QUERY_SECONDS: poll_seconds,
         PREFECT_WORKER_PREFETCH_SECONDS: 0,
     }
-    with temporary_settings(updates=updates):
-        asyncio.run(serve())
+    try:
+        with temporary_settings(updates=updates):
+            asyncio.run(serve())
+    except Exception:
+        _exit_when_flows_end(ABANDON_EXIT_SECONDS)
+        raise
     console.print("worker stopped")
+
+
+def _exit_when_flows_end(timeout: float) -> None:
+    """Wait (bounded) for the flow threads an abandoned worker left, then leave even if one
+    hangs (a WebUI request that never answers): they would keep the process alive."""
+    deadline = time.monotonic() + timeout
+    me = threading.current_thread()
+    left = [t for t in threading.enumerate() if t is not me and not t.daemon]
+    for thread in left:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in left):
+        os._exit(EXIT_FAILED)

@@ -3,6 +3,10 @@
 Prefect marks a run CANCELLING; the watch notices with one state read per tick for all runs
 in flight (not one per run), sets the run's cancel event (see ``cancellation``), interrupts
 the WebUI if that run holds the GPU, and makes sure the run ends CANCELLED.
+
+The same read finds runs that are no longer this worker's: put back in their queue or marked
+CRASHED by the pool's recovery (which judged this worker dead), claimed by another worker, or
+ended by someone else. Those are taken back: their flow stops without writing a state.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.states import Cancelled
 
 from stablenew.orchestration import cancellation
+from stablenew.orchestration.recovery import claimant
 
 CANCEL_POLL_SECONDS = 0.5
 CANCEL_GRACE_SECONDS = 15.0
@@ -45,8 +50,10 @@ class CancelWatch:
         interrupter: Interrupter | None,
         run_logger: Callable[[FlowRun], Any],
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        worker_name: str,
     ) -> None:
         self._client = client
+        self._worker_name = worker_name
         self._task_group = task_group
         self._holds_gpu = holds_gpu
         self._interrupter = interrupter
@@ -64,6 +71,9 @@ class CancelWatch:
         if not self._watching:
             self._watching = True
             self._task_group.start_soon(self._watch)
+
+    def tracks(self, flow_run_id: UUID) -> bool:
+        return flow_run_id in self._in_flight
 
     def cancelled(self, flow_run_id: UUID) -> bool:
         """Whether the watch has seen ``flow_run_id`` CANCELLING."""
@@ -83,11 +93,14 @@ class CancelWatch:
             if not ids:
                 continue
             try:
+                # RUNNING is what nearly every run in flight is (and stays): left out, the
+                # answer is usually empty. A run started by another worker passes through
+                # SCHEDULED and PENDING first, and the GPU grant checks once more.
                 runs = await self._client.read_flow_runs(
                     flow_run_filter=FlowRunFilter(
                         id=FlowRunFilterId(any_=ids),
                         state=FlowRunFilterState(
-                            type=FlowRunFilterStateType(any_=[StateType.CANCELLING])
+                            type=FlowRunFilterStateType(not_any_=[StateType.RUNNING])
                         ),
                     )
                 )
@@ -96,9 +109,16 @@ class CancelWatch:
                 continue
             for run in runs:
                 entry = self._in_flight.get(run.id)
-                if entry is not None:
+                if entry is None:
+                    continue
+                if run.state_type == StateType.CANCELLING:
                     handled.add(run.id)
                     await self._cancel(*entry)
+                elif run.state_type == StateType.PENDING and claimant(run) == self._worker_name:
+                    continue  # claimed here, not started yet
+                else:
+                    handled.add(run.id)
+                    await self.take_back(run)
 
     async def _cancel(self, flow_run: FlowRun, cancel_event: threading.Event) -> None:
         self._run_logger(flow_run).info("Cancel requested: stopping the job")
@@ -112,12 +132,33 @@ class CancelWatch:
                 self._logger.warning("WebUI interrupt failed: %s", exc)
         self._task_group.start_soon(self._enforce_cancelled, flow_run.id)
 
+    async def take_back(self, run: FlowRun) -> None:
+        """``run`` is no longer this worker's (see the module doc): its flow stops without
+        writing anything, and a generation of it is interrupted, nobody will take it."""
+        state = run.state
+        reason = f"{state.name}: {state.message}" if state else "no state"
+        cancellation.take_back(run.id, reason)
+        generating = self._holds_gpu(run.id)
+        if state is not None and state.is_final() and not generating:
+            return  # usually the run's own end, seen before the worker let go of it
+        self._run_logger(run).warning(
+            "Taken back from %s (%s); it no longer runs here", self._worker_name, reason
+        )
+        if self._interrupter is not None and generating:
+            try:
+                await anyio.to_thread.run_sync(self._interrupter)
+            except Exception as exc:
+                self._logger.warning("WebUI interrupt failed: %s", exc)
+
     async def _enforce_cancelled(self, flow_run_id: UUID) -> None:
         """The flow should end itself CANCELLED; if it has not after a grace period, do it."""
         with anyio.move_on_after(CANCEL_GRACE_SECONDS):
             while flow_run_id in self._in_flight:
                 await anyio.sleep(0.1)
             return
-        await self._client.set_flow_run_state(
-            flow_run_id, Cancelled(message="cancelled by the worker"), force=True
-        )
+        try:
+            await self._client.set_flow_run_state(
+                flow_run_id, Cancelled(message="cancelled by the worker"), force=True
+            )
+        except Exception as exc:  # a failure here must not stop the worker's task group
+            self._logger.warning("could not end cancelled run %s: %r", flow_run_id, exc)

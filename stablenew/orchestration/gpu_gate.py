@@ -22,6 +22,8 @@ from uuid import UUID
 
 from prefect.exceptions import Abort
 
+from stablenew.orchestration import cancellation
+
 Rank = tuple[int, datetime]
 logger = logging.getLogger("stablenew.gpu")
 
@@ -120,6 +122,7 @@ class GpuGate:
                 ):
                     if self._handing_back:
                         raise HandedBack(f"run {run_id} handed back: the worker is stopping")
+                    cancellation.check_ours(run_id)
                     if cancel.is_set():
                         raise GateCancelled(f"run {run_id} cancelled while waiting for the GPU")
                     self._cond.wait(WAIT_TICK)
@@ -130,14 +133,20 @@ class GpuGate:
                 "GPU to run %s (priority %s) after %.3fs; %d waiting",
                 run_id, rank[0], time.monotonic() - asked, len(self._waiting),
             )  # fmt: skip
-        if self.on_grant is not None:
-            self.on_grant(run_id)
         try:
+            if self.on_grant is not None:
+                # Publishes the holder and starts the check that the run is still this
+                # worker's; it answers while the WebUI generates (see cancellation).
+                self.on_grant(run_id)
+            cancellation.check_ours(run_id)  # e.g. the worker's loop is already gone
             yield
         except BaseException as exc:
             with self._cond:
                 handed_back = self._handing_back_holder
-            if handed_back and not isinstance(exc, HandedBack):
+            if not isinstance(exc, cancellation.TakenBack):
+                # A generation interrupted because the run was taken back ends as that.
+                cancellation.check_ours(run_id)
+            if handed_back and not isinstance(exc, (HandedBack, cancellation.TakenBack)):
                 # The worker interrupted this generation to stop: whatever the WebUI call
                 # raised, the run goes back to its queue rather than failing.
                 raise HandedBack(f"run {run_id} handed back: interrupted to stop") from exc

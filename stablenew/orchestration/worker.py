@@ -28,7 +28,7 @@ import anyio
 import anyio.abc
 import httpx
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.objects import FlowRun, State, WorkPool
+from prefect.client.schemas.objects import FlowRun, State, StateType, WorkPool
 from prefect.client.schemas.responses import DeploymentResponse, WorkerFlowRunResponse
 from prefect.exceptions import Abort, ObjectNotFound
 from prefect.flow_engine import run_flow
@@ -42,7 +42,7 @@ from prefect.workers.base import (
     BaseWorkerResult,
 )
 
-from stablenew.orchestration import gpu_gate, recovery
+from stablenew.orchestration import cancellation, gpu_gate, recovery
 from stablenew.orchestration.cancel_watch import CancelWatch, Interrupter
 from stablenew.orchestration.deployments import project_root
 from stablenew.orchestration.gpu_gate import GpuGate, HandedBack, Rank
@@ -245,7 +245,9 @@ class StableNewWorker(
         chosen: list[WorkerFlowRunResponse] = []
         for response in responses:
             run = response.flow_run
-            if run.id in self._submitting_flow_run_ids:
+            if run.id in self._submitting_flow_run_ids or self._holds(run.id):
+                # Still held here: put back in the queue (this worker was judged dead) while
+                # its flow has yet to notice; it is claimable once that flow has let go.
                 continue
             if in_flight + len(chosen) < self._cap:
                 chosen.append(response)
@@ -304,12 +306,37 @@ class StableNewWorker(
         if self.gate is not None:
             self.gate.forget(flow_run_id)
 
+    def _holds(self, flow_run_id: UUID) -> bool:
+        return self._watch is not None and self._watch.tracks(flow_run_id)
+
     def _on_grant(self, flow_run_id: UUID) -> None:
-        """Called on the flow's thread when a run gets the GPU; publishing must not delay it."""
-        if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(
-                publish_gpu_holder(self.client, self.name, flow_run_id, self._logger), self._loop
-            )
+        """Called on the flow's thread when a run gets the GPU. Publishes the holder and
+        checks that the run is still this worker's, on the worker's loop, while the WebUI
+        already generates: neither may delay the request."""
+        loop = self._loop
+        try:
+            if loop is None or loop.is_closed():
+                raise RuntimeError("event loop is closed")
+            verdict = asyncio.run_coroutine_threadsafe(self._granted(flow_run_id), loop)
+        except RuntimeError:
+            cancellation.take_back(flow_run_id, f"{self.name} has stopped working")
+            return
+        cancellation.expect_verdict(flow_run_id, verdict)
+
+    async def _granted(self, flow_run_id: UUID) -> None:
+        await publish_gpu_holder(self.client, self.name, flow_run_id, self._logger)
+        run = await self.client.read_flow_run(flow_run_id)
+        # Running here (or being cancelled here) is ours; anything else was taken from us
+        # after the cancel watch last looked (e.g. requeued and started elsewhere at once).
+        if recovery.claimant(run) != self.name or run.state_type not in (
+            StateType.RUNNING,
+            StateType.CANCELLING,
+        ):
+            watch = self._cancel_watch()
+            if watch is not None:
+                await watch.take_back(run)
+            else:
+                cancellation.take_back(flow_run_id, f"{run.state_name}: not {self.name}'s")
 
     # -- recovery ---------------------------------------------------------------------------
 
@@ -534,6 +561,7 @@ class StableNewWorker(
                 interrupter=self._interrupter,
                 run_logger=self.get_flow_run_logger,
                 logger=self._logger,
+                worker_name=self.name,
             )
         return self._watch
 
@@ -578,6 +606,8 @@ class StableNewWorker(
 
         # The watch has followed the run since its claim (see _submit_run).
         watch = self._watch
+        if cancellation.taken_back(flow_run.id):
+            return  # requeued or claimed elsewhere while it was set up: not ours to start
         if watch is not None and watch.cancelled(flow_run.id):
             # Cancelled while it was being set up: never start it (Prefect would accept
             # RUNNING if the watch has already ended it CANCELLED).
@@ -593,6 +623,10 @@ class StableNewWorker(
             # The engine wrote no final state (an Abort); the run goes back to its queue.
             await self._hand_back(flow_run, f"Handed back: {self.name} is stopping ({exc})")
             return
+        except cancellation.TakenBack as exc:
+            # No state written (an Abort): whoever holds the run now finishes it.
+            await self._after_taken_back(flow_run, str(exc))
+            return
         except BaseException as exc:  # the run must never stay RUNNING
             error = exc
         finally:
@@ -600,6 +634,39 @@ class StableNewWorker(
                 watch.untrack(flow_run.id)
         if state is None or not state.is_final():
             await self._end_unfinished(flow_run, state, error)
+
+    async def _after_taken_back(self, flow_run: FlowRun, reason: str) -> None:
+        """A run taken back is left to whoever holds it, unless it turns out to be still
+        ours (its ownership could not be confirmed in time): then it goes back to its queue,
+        since nothing else would ever end it."""
+        try:
+            run = await self.client.read_flow_run(flow_run.id)
+        except Exception as exc:
+            self._logger.warning("could not read back taken-back run %s: %r", flow_run.id, exc)
+            return
+        if recovery.claimant(run) == self.name and run.state_type in (
+            StateType.PENDING,
+            StateType.RUNNING,
+        ):
+            await self._hand_back(run, f"Handed back: {self.name} lost track of it ({reason})")
+        elif recovery.claimant(run) == self.name and run.state_type == StateType.CANCELLING:
+            await self.client.set_flow_run_state(run.id, Cancelled(message="cancelled"), force=True)
+        else:
+            self._logger.info("left flow run %s to its new holder: %s", flow_run.id, reason)
+
+    def abandon(self) -> None:
+        """The worker's loop has ended unexpectedly: nothing of it can write or hand back
+        any more. Every flow still waiting for the GPU (and the generating one, interrupted)
+        ends without writing a state; the pool's recovery, or this worker restarted under
+        its name, puts the runs back."""
+        if self.gate is None:
+            return
+        self.gate.hand_back(holder=True)
+        if self._interrupter is not None and self.gate.holder is not None:
+            try:
+                self._interrupter()
+            except Exception as exc:
+                self._logger.warning("WebUI interrupt failed: %s", exc)
 
     async def _end_unfinished(
         self, flow_run: FlowRun, state: State[Any] | None, error: BaseException | None

@@ -1,8 +1,10 @@
 """The GPU gate: one holder at a time, granted by rank, waiting (bounded) for announced
-better-ranked runs, shut while paused, and abandoned cleanly on cancel."""
+better-ranked runs, shut while paused, and abandoned cleanly on cancel or when the run was
+taken back from the worker."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 import uuid
@@ -10,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stablenew.orchestration import gpu_gate
+from stablenew.errors import WebUIInterrupted
+from stablenew.orchestration import cancellation, gpu_gate
 from stablenew.orchestration.gpu_gate import GateCancelled, GpuGate
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -132,3 +135,97 @@ def test_release_inside_the_block_lets_the_next_run_in_at_once() -> None:
         gate.release(first)  # idempotent: does not touch the new holder's turn
         waiter.join(2)
     assert gate.holder is None
+
+
+def test_a_run_taken_back_while_waiting_never_gets_the_gpu() -> None:
+    gate = GpuGate()
+    holder, waiter = uuid.uuid4(), uuid.uuid4()
+    cancel = cancellation.register(waiter)
+    errors: list[BaseException] = []
+    try:
+        with gate.hold(holder, _rank(1), threading.Event()):
+
+            def worker() -> None:
+                try:
+                    with gate.hold(waiter, _rank(2), cancel):
+                        errors.append(AssertionError("got the GPU"))
+                except BaseException as e:
+                    errors.append(e)
+
+            t = threading.Thread(target=worker)
+            t.start()
+            time.sleep(0.1)
+            cancellation.take_back(waiter, "Scheduled: Requeued by the pool")
+            t.join(2)
+        assert [type(e) for e in errors] == [cancellation.TakenBack]  # not GateCancelled
+        assert "Requeued by the pool" in str(errors[0])
+        assert cancel.is_set()  # its waits for the WebUI end too
+        assert gate.holder is None
+        assert gate.staged() == {}
+    finally:
+        cancellation.unregister(waiter)
+    assert cancellation.taken_back(waiter) is None
+
+
+def test_a_grant_the_worker_cannot_confirm_is_taken_back_before_the_block_runs() -> None:
+    """on_grant finds the worker's loop gone: the run must not generate."""
+    gate = GpuGate()
+    run = uuid.uuid4()
+    cancellation.register(run)
+    gate.on_grant = lambda run_id: cancellation.take_back(run_id, "the worker has stopped")
+    ran = False
+    try:
+        with pytest.raises(cancellation.TakenBack), gate.hold(run, _rank(1), threading.Event()):
+            ran = True
+    finally:
+        cancellation.unregister(run)
+    assert not ran
+    assert gate.holder is None
+
+
+def test_a_generation_interrupted_because_taken_back_ends_as_taken_back() -> None:
+    gate = GpuGate()
+    run = uuid.uuid4()
+    cancellation.register(run)
+
+    def generate() -> None:
+        with gate.hold(run, _rank(1), threading.Event()):
+            cancellation.take_back(run, "Crashed: judged dead")
+            raise WebUIInterrupted("interrupted", url="http://127.0.0.1:1")
+
+    try:
+        with pytest.raises(cancellation.TakenBack):
+            generate()
+    finally:
+        cancellation.unregister(run)
+
+
+def test_confirm_ours_waits_for_the_workers_answer() -> None:
+    run = uuid.uuid4()
+    cancellation.register(run)
+    try:
+        verdict: concurrent.futures.Future[None] = concurrent.futures.Future()
+        cancellation.expect_verdict(run, verdict)
+
+        def answer() -> None:
+            time.sleep(0.2)
+            cancellation.take_back(run, "Pending: Claimed by other")
+            verdict.set_result(None)
+
+        threading.Thread(target=answer).start()
+        with pytest.raises(cancellation.TakenBack, match="Claimed by other"):
+            cancellation.confirm_ours(run, timeout=5)
+        # An answer that never comes (the worker's loop died) takes the run back too.
+        other = uuid.uuid4()
+        cancellation.expect_verdict(other, concurrent.futures.Future())
+        with pytest.raises(cancellation.TakenBack, match="did not confirm"):
+            cancellation.confirm_ours(other, timeout=0.1)
+        # A check that failed on the API's side leaves the run to finish.
+        failed: concurrent.futures.Future[None] = concurrent.futures.Future()
+        failed.set_exception(RuntimeError("503"))
+        third = uuid.uuid4()
+        cancellation.expect_verdict(third, failed)
+        cancellation.confirm_ours(third, timeout=1)
+    finally:
+        for i in (run, other, third):
+            cancellation.unregister(i)

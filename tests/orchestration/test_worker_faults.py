@@ -257,6 +257,74 @@ def test_two_recovering_parties_rerun_a_job_once(api: FaultLab) -> None:
     JobService().cancel_pack(pack)
 
 
+def test_a_live_worker_judged_dead_lets_go_of_what_the_pool_took_back(api: FaultLab) -> None:
+    """Its heartbeats stopped landing (a locked SQLite once did that) while it worked on: the
+    pool crashed its generating run and requeued the two staged at its GPU gate. It must not
+    write over the CRASHED run nor run the requeued ones as well as whoever claims them; it
+    once got the GPU for one of them after another worker had completed it and wrote FAILED."""
+    from stablenew.orchestration.recovery import active_runs, claimant, recover_worker
+    from stablenew.settings import get_settings
+
+    slow = api.start_sim(seconds_per_image=10.0)
+    fast = api.start_sim(seconds_per_image=0.2)
+    pack = "judged-dead"
+    submit(pack, 3)
+    api.start_worker("alive", slow.url, lookahead=2)
+    wait(
+        lambda: (
+            slow.busy()
+            and sum(
+                claimant(r) == "alive" and r.state_type == StateType.RUNNING for r in runs_of(pack)
+            )
+            == 3
+        ),
+        60,
+        "one run generating on 'alive' and two staged at its GPU gate",
+    )
+    api.start_worker("other", fast.url)
+    wait(lambda: "started" in api.log("worker-other"), 60, "the other worker to start")
+    assert len(slow.generations()) == 0, "the first generation ended before the test's turn"
+
+    async def judged_dead() -> None:
+        async with prefect_client() as client:
+            runs = await active_runs(client, get_settings().work_pool)
+            await recover_worker(
+                client,
+                "alive",
+                runs,
+                why="stopped heartbeating (test)",
+                retries_on_crash=1,
+                logger=logging.getLogger("test"),
+            )
+
+    asyncio.run(judged_dead())
+    wait(lambda: settled(pack, 3), 90, "every job to complete once")
+
+    runs = runs_of(pack)
+    assert set(completions_per_job(pack).values()) == {1}
+    crashed = [r for r in runs if r.state and r.state.type == StateType.CRASHED]
+    assert len(crashed) == 1, "the crashed run was written over"
+
+    async def final_states() -> dict[str, list[str]]:
+        async with prefect_client() as client:
+            return {
+                str(r.id): [
+                    s.type.value for s in await client.read_flow_run_states(r.id) if s.is_final()
+                ]
+                for r in runs
+            }
+
+    ends = asyncio.run(final_states())
+    assert all(len(e) == 1 for e in ends.values()), f"a run ended twice: {ends}"
+    # Each job generated once where it completed; the crashed one also on 'alive', cut short.
+    crashed_prompt = crashed[0].parameters["record"]["prompt"]
+    generations = slow.generations() + fast.generations()
+    assert generations[crashed_prompt] == 2, generations
+    assert all(n == 1 for p, n in generations.items() if p != crashed_prompt), generations
+    assert slow.call("GET", "stats")["counters"]["interrupts"] >= 1
+    assert "Taken back from alive" in api.log("worker-alive")
+
+
 def test_deployments_hold_no_path_of_the_deploying_machine(api: FaultLab, tmp_path: Path) -> None:
     """A worker runs the flows from its own copy of the project, wherever it was started."""
 
