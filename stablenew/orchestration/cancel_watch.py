@@ -138,15 +138,15 @@ class CancelWatch:
         state = run.state
         reason = f"{state.name}: {state.message}" if state else "no state"
         cancellation.take_back(run.id, reason)
-        generating = self._holds_gpu(run.id)
-        if state is not None and state.is_final() and not generating:
+        interrupter = self._interrupter if self._holds_gpu(run.id) else None
+        if state is not None and state.is_final() and interrupter is None:
             return  # usually the run's own end, seen before the worker let go of it
         self._run_logger(run).warning(
             "Taken back from %s (%s); it no longer runs here", self._worker_name, reason
         )
-        if self._interrupter is not None and generating:
+        if interrupter is not None:
             try:
-                await anyio.to_thread.run_sync(self._interrupter)
+                await anyio.to_thread.run_sync(interrupter)
             except Exception as exc:
                 self._logger.warning("WebUI interrupt failed: %s", exc)
 

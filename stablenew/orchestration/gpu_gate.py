@@ -33,6 +33,9 @@ WAIT_TICK = 0.05
 # last release, so time spent rendering other jobs does not use it up; bounded so one start
 # stuck behind a slow API call cannot idle the GPU for long.
 EXPECT_GRACE_SECONDS = 15.0
+# And never for longer than this after its claim: a start stuck this long (or a claim that
+# was never withdrawn) must not idle the GPU after every later job.
+EXPECT_MAX_SECONDS = 60.0
 
 
 class GateCancelled(Exception):
@@ -75,6 +78,18 @@ class GpuGate:
             self._expected[run_id] = (rank, time.monotonic())
             self._ranks[run_id] = rank
 
+    def drop_stale(self, in_flight: Callable[[UUID], bool]) -> list[UUID]:
+        """Drop announced runs that are no longer ``in_flight`` (returned). An announcement
+        nobody withdraws would hold every release back by ``EXPECT_GRACE_SECONDS``."""
+        with self._cond:
+            stale = [run_id for run_id in self._expected if not in_flight(run_id)]
+            for run_id in stale:
+                del self._expected[run_id]
+                self._ranks.pop(run_id, None)
+            if stale:
+                self._cond.notify_all()
+            return stale
+
     def forget(self, run_id: UUID) -> None:
         """The run ended (or never started): drop every trace of it."""
         with self._cond:
@@ -102,6 +117,7 @@ class GpuGate:
             r
             for r, claimed in self._expected.values()
             if now - max(claimed, self._released_at) < EXPECT_GRACE_SECONDS
+            and now - claimed < EXPECT_MAX_SECONDS
         ]
         return all(rank <= other for other in [*self._waiting.values(), *starting])
 

@@ -206,6 +206,11 @@ class StableNewWorker(
         return await self._claim_for_gpu(self.gate)
 
     async def _claim_for_gpu(self, gate: GpuGate) -> list[FlowRun]:
+        stale = gate.drop_stale(lambda i: i in self._submitting_flow_run_ids or self._holds(i))
+        if stale:
+            # Seen once in CI, after a pack was cancelled while being claimed: the GPU then
+            # idled 15 s after every job. The warning is there to find where it comes from.
+            self._logger.warning("GPU gate: dropped stale announced run(s) %s", stale)
         if int(self.limiter.borrowed_tokens) > self._cap:
             return []  # the one slot beyond the lookahead is taken by a priority jump
         full = int(self.limiter.borrowed_tokens) == self._cap

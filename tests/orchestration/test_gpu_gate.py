@@ -229,3 +229,30 @@ def test_confirm_ours_waits_for_the_workers_answer() -> None:
     finally:
         for i in (run, other, third):
             cancellation.unregister(i)
+
+
+def test_an_announcement_never_withdrawn_stops_holding_the_gpu_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The grace restarts at every release, so without a bound on its age one announced run
+    that never arrives would idle the GPU after every later job (seen once in CI)."""
+    monkeypatch.setattr(gpu_gate, "EXPECT_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(gpu_gate, "EXPECT_MAX_SECONDS", 1.0)
+    gate = GpuGate()
+    gate.expect(uuid.uuid4(), _rank(1))  # never arrives
+    waits = []
+    for i in range(3):
+        started = time.monotonic()
+        with gate.hold(uuid.uuid4(), _rank(3, i), threading.Event()):
+            waits.append(time.monotonic() - started)
+    assert waits[0] >= 0.4  # held back at first, as for any announced better run
+    assert waits[-1] < 0.3, waits  # then no longer, though each release restarts the grace
+
+
+def test_stale_announcements_are_dropped() -> None:
+    gate = GpuGate()
+    live, gone = uuid.uuid4(), uuid.uuid4()
+    gate.expect(live, _rank(3))
+    gate.expect(gone, _rank(1))
+    assert gate.drop_stale(lambda run_id: run_id == live) == [gone]
+    assert set(gate.staged()) == {live}
