@@ -21,8 +21,10 @@ being unable to put a run back at its place in the queue.
 Who claimed what: a worker's PENDING state says ``Claimed by <worker>`` (written in the same
 request that wins the claim), and a RUNNING run carries Prefect's ``prefect.worker.name``
 label, written before the run starts (a run whose label could not be written is handed back
-rather than run). Liveness is Prefect's worker heartbeat, judged against the scanning worker's
-own heartbeat so that clocks of different machines never matter.
+rather than run). Liveness is Prefect's worker heartbeat or, where heartbeats did not land,
+the worker's last GPU hand-over (its GPU-holder write); both are server times, judged against
+the scanning worker's own heartbeat, so clocks of different machines never matter. A worker
+judged dead that was alive after all lets go of what was taken from it (see ``cancel_watch``).
 
 Two parties never re-run a job twice: the re-run's idempotency key is derived from the crashed
 run's, so a second attempt gets the same run back; and every run is read again just before it
@@ -89,9 +91,16 @@ class Liveness:
 
     alive: frozenset[str]
     last_seen: dict[str, datetime] = field(default_factory=dict)
+    # The scanner's own last heartbeat (server time) and how far back "alive" reaches.
+    reference: datetime | None = None
+    window: timedelta = timedelta(seconds=30)
 
     def is_dead(self, worker: str) -> bool:
         return worker not in self.alive
+
+    def recent(self, at: datetime | None) -> bool:
+        """Whether a server timestamp ``at`` is as recent as a live worker's heartbeat."""
+        return at is not None and self.reference is not None and self.reference - at <= self.window
 
     @property
     def leader(self) -> str | None:
@@ -104,11 +113,11 @@ def judge(workers: Iterable[Worker], me: str, dead_after: float) -> Liveness:
     the freshest one (the scanner's own is at most one heartbeat interval old)."""
     seen = {w.name: w.last_heartbeat_time for w in workers if w.last_heartbeat_time is not None}
     reference = seen.get(me) or max(seen.values(), default=None)
+    limit = timedelta(seconds=dead_after)
     alive = {me}
     if reference is not None:
-        limit = timedelta(seconds=dead_after)
         alive |= {name for name, at in seen.items() if reference - at <= limit}
-    return Liveness(frozenset(alive), seen)
+    return Liveness(frozenset(alive), seen, reference, limit)
 
 
 @dataclass
@@ -130,6 +139,50 @@ async def read_liveness(client: PrefectClient, pool: str, me: str, dead_after: f
             return Liveness(frozenset({me}))
         raise
     return judge(workers, me, dead_after)
+
+
+async def last_sign_of_life(client: PrefectClient, worker: str) -> datetime | None:
+    """When ``worker`` last handed its GPU to a run (the server's time of its GPU-holder
+    write), or ``None``."""
+    try:
+        variable = await client.read_variable_by_name(gpu_variable_name(worker))
+    except Exception:
+        return None
+    return variable.updated if variable is not None else None
+
+
+async def scan(
+    client: PrefectClient,
+    pool: str,
+    me: str,
+    *,
+    dead_after: float,
+    retries_on_crash: int,
+    logger: Logger,
+) -> None:
+    """Recover the runs of the pool's dead workers, if ``me`` is its first live worker.
+
+    A worker counts as dead when neither its heartbeat nor its last GPU hand-over is within
+    ``dead_after``: Prefect's worker channel drops heartbeats when the server's database is
+    busy (SQLite "database is locked"), and a worker that keeps rendering is not dead."""
+    live = await read_liveness(client, pool, me, dead_after)
+    if live.leader != me:
+        return
+    runs = await active_runs(client, pool)
+    holders = {claimant(r) for r in runs} - {None}
+    for worker in sorted(w for w in holders if w and live.is_dead(w)):
+        if live.recent(await last_sign_of_life(client, worker)):
+            logger.info("%s misses heartbeats but still hands out its GPU: left alone", worker)
+            continue
+        seen = live.last_seen.get(worker)
+        why = (
+            f"stopped heartbeating (last at {seen:%H:%M:%S} UTC)"
+            if seen
+            else "is not known to the pool"
+        )
+        await recover_worker(
+            client, worker, runs, why=why, retries_on_crash=retries_on_crash, logger=logger
+        )
 
 
 async def active_runs(client: PrefectClient, pool: str) -> list[FlowRun]:

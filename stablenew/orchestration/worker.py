@@ -377,31 +377,16 @@ class StableNewWorker(
         self._runs_task_group.start_soon(self._scan)
 
     async def _scan(self) -> None:
-        """Recover the runs of dead workers, if this is the pool's first live worker."""
         assert self._recovery is not None
         try:
-            live = await recovery.read_liveness(
-                self.client, self._work_pool_name, self.name, self._recovery.dead_after
+            await recovery.scan(
+                self.client,
+                self._work_pool_name,
+                self.name,
+                dead_after=self._recovery.dead_after,
+                retries_on_crash=self._recovery.retries_on_crash,
+                logger=self._logger,
             )
-            if live.leader != self.name:
-                return
-            runs = await recovery.active_runs(self.client, self._work_pool_name)
-            holders = {recovery.claimant(r) for r in runs} - {None}
-            for worker in sorted(w for w in holders if w and live.is_dead(w)):
-                seen = live.last_seen.get(worker)
-                why = (
-                    f"stopped heartbeating (last at {seen:%H:%M:%S} UTC)"
-                    if seen
-                    else "is not known to the pool"
-                )
-                await recovery.recover_worker(
-                    self.client,
-                    worker,
-                    runs,
-                    why=why,
-                    retries_on_crash=self._recovery.retries_on_crash,
-                    logger=self._logger,
-                )
         except Exception as exc:  # transient API trouble: the next scan tries again
             self._logger.warning("recovery scan failed: %r", exc)
         finally:

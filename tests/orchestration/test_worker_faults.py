@@ -325,6 +325,50 @@ def test_a_live_worker_judged_dead_lets_go_of_what_the_pool_took_back(api: Fault
     assert "Taken back from alive" in api.log("worker-alive")
 
 
+def test_a_worker_still_handing_out_its_gpu_is_not_recovered(api: FaultLab) -> None:
+    """Its heartbeats do not land but it keeps giving its GPU to runs: alive, left alone.
+    Once the hand-overs stop too, it is recovered."""
+    from prefect.states import Pending, Running
+
+    from stablenew.orchestration.recovery import claim_message, claimant, scan
+    from stablenew.orchestration.worker_state import publish_gpu_holder
+    from stablenew.settings import get_settings
+
+    pack = "silent-but-busy"
+    generating, staged = JobService().submit(
+        [make_record(f"{pack} {i}", pack_id=pack) for i in range(2)], "normal"
+    )
+    by_job = {r.parameters["record"]["job_id"]: r for r in runs_of(pack)}
+    pool = get_settings().work_pool
+    logger = logging.getLogger("test")
+    scanner = "0-scanner"  # first by name: the pool's recovering worker
+
+    async def scan_now() -> None:
+        async with prefect_client() as client:
+            await client.send_worker_heartbeat(pool, scanner, heartbeat_interval_seconds=1)
+            await scan(client, pool, scanner, dead_after=4, retries_on_crash=1, logger=logger)
+
+    async def claim_and_publish() -> None:
+        async with prefect_client() as client:
+            for job in (generating, staged):
+                await client.set_flow_run_state(
+                    by_job[job].id, Pending(message=claim_message("busy")), force=True
+                )
+            run = by_job[generating]
+            await client.update_flow_run_labels(run.id, {"prefect.worker.name": "busy"})
+            await client.set_flow_run_state(run.id, Running(), force=True)
+            await publish_gpu_holder(client, "busy", run.id, logger)
+
+    asyncio.run(claim_and_publish())
+    asyncio.run(scan_now())
+    assert [claimant(r) for r in runs_of(pack)] == ["busy", "busy"], states(pack)
+
+    time.sleep(5)  # dead_after (4 s) without a hand-over either
+    asyncio.run(scan_now())
+    assert states(pack) == {"CRASHED": 1, "SCHEDULED": 2}, states(pack)  # + the re-run
+    JobService().cancel_pack(pack)
+
+
 def test_deployments_hold_no_path_of_the_deploying_machine(api: FaultLab, tmp_path: Path) -> None:
     """A worker runs the flows from its own copy of the project, wherever it was started."""
 
