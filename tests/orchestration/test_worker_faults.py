@@ -298,7 +298,25 @@ def test_a_live_worker_judged_dead_lets_go_of_what_the_pool_took_back(api: Fault
             )
 
     asyncio.run(judged_dead())
+    wait(
+        lambda: slow.call("GET", "stats")["counters"]["interrupts"] >= 1,
+        30,
+        "'alive' to interrupt the generation of the run that was crashed under it",
+    )
+    slow.call("POST", "timing", seconds_per_step=0.05)  # what 'alive' claims next goes fast
     wait(lambda: settled(pack, 3), 90, "every job to complete once")
+    # Prefect looks settled at once; what 'alive' does next is the point: its WebUI must go
+    # quiet (the generation cut short) and stay so, not render the runs taken from it.
+    idle_since: list[float] = []
+
+    def quiet() -> bool:
+        if slow.busy():
+            idle_since.clear()
+            return False
+        idle_since[:] = idle_since or [time.monotonic()]
+        return time.monotonic() - idle_since[0] >= 3.0
+
+    wait(quiet, 90, "'alive' to let go of the runs taken from it")
 
     runs = runs_of(pack)
     assert set(completions_per_job(pack).values()) == {1}
@@ -321,7 +339,6 @@ def test_a_live_worker_judged_dead_lets_go_of_what_the_pool_took_back(api: Fault
     generations = slow.generations() + fast.generations()
     assert generations[crashed_prompt] == 2, generations
     assert all(n == 1 for p, n in generations.items() if p != crashed_prompt), generations
-    assert slow.call("GET", "stats")["counters"]["interrupts"] >= 1
     assert "Taken back from alive" in api.log("worker-alive")
 
 
