@@ -56,7 +56,7 @@ from prefect.states import Cancelled, Crashed, Scheduled
 
 from stablenew.orchestration import tags
 from stablenew.orchestration.submission import LINEAGE_KEY, MAX_RESUBMITS, Lineage, run_tags
-from stablenew.orchestration.worker_state import gpu_variable_name
+from stablenew.orchestration.worker_state import read_gpu_handover
 from stablenew.records import NormalizedJobRecord
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
@@ -141,16 +141,6 @@ async def read_liveness(client: PrefectClient, pool: str, me: str, dead_after: f
     return judge(workers, me, dead_after)
 
 
-async def last_sign_of_life(client: PrefectClient, worker: str) -> datetime | None:
-    """When ``worker`` last handed its GPU to a run (the server's time of its GPU-holder
-    write), or ``None``."""
-    try:
-        variable = await client.read_variable_by_name(gpu_variable_name(worker))
-    except Exception:
-        return None
-    return variable.updated if variable is not None else None
-
-
 async def scan(
     client: PrefectClient,
     pool: str,
@@ -171,7 +161,8 @@ async def scan(
     runs = await active_runs(client, pool)
     holders = {claimant(r) for r in runs} - {None}
     for worker in sorted(w for w in holders if w and live.is_dead(w)):
-        if live.recent(await last_sign_of_life(client, worker)):
+        handover = await read_gpu_handover(client, worker)
+        if live.recent(handover.at if handover else None):
             logger.info("%s misses heartbeats but still hands out its GPU: left alone", worker)
             continue
         seen = live.last_seen.get(worker)
@@ -229,7 +220,8 @@ async def recover_worker(
     done = Recovered()
     if not mine:
         return done
-    holder = await _gpu_holder(client, worker)
+    handover = await read_gpu_handover(client, worker)
+    holder = handover.flow_run_id if handover else None
     for stale in mine:
         run = await _reread(client, stale.id)
         if run is None or claimant(run) != worker or run.state is None:
@@ -262,20 +254,6 @@ async def _reread(client: PrefectClient, run_id: UUID) -> FlowRun | None:
         flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])), limit=1
     )
     return runs[0] if runs else None
-
-
-async def _gpu_holder(client: PrefectClient, worker: str) -> UUID | None:
-    try:
-        variable = await client.read_variable_by_name(gpu_variable_name(worker))
-    except Exception:
-        return None
-    value = variable.value if variable is not None else None
-    if not isinstance(value, dict) or value.get("worker") != worker:
-        return None
-    try:
-        return UUID(str(value.get("flow_run_id")))
-    except ValueError:
-        return None
 
 
 async def _crash_and_rerun(

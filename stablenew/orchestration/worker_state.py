@@ -4,7 +4,8 @@
   refuses it); ``stablenew queue`` prints it, and the Prefect UI shows it.
 - ``stablenew_gpu__<worker>``: the flow run its GPU is generating for. Staged runs wait for the
   GPU inside their running flow, so from the API they look like the generating one; this is how
-  ``cancel --current`` and ``stablenew queue`` tell them apart.
+  ``cancel --current`` and ``stablenew queue`` tell them apart, and how recovery knows which
+  run a dead worker was generating and when it last handed its GPU over (a sign of life).
 
 Publishing is best effort: it never stops a worker or disturbs a job. A worker that stops
 cleanly withdraws both (:func:`withdraw`); readers take only what workers Prefect reports online
@@ -93,6 +94,31 @@ async def withdraw(client: PrefectClient, worker: str, logger: Logger) -> None:
             pass
         except Exception as exc:
             logger.debug("could not delete %s: %r", name, exc)
+
+
+@dataclass(frozen=True)
+class GpuHandover:
+    """A worker's last published GPU holder: the run, and when (the server's time)."""
+
+    flow_run_id: UUID | None
+    at: datetime | None
+
+
+async def read_gpu_handover(client: PrefectClient, worker: str) -> GpuHandover | None:
+    """What ``worker`` itself last published as its GPU holder (``None``: nothing, or the
+    variable is another worker's whose name maps to the same variable name)."""
+    try:
+        variable = await client.read_variable_by_name(gpu_variable_name(worker))
+    except Exception:
+        return None
+    value = variable.value if variable is not None else None
+    if variable is None or not isinstance(value, dict) or value.get("worker") != worker:
+        return None
+    try:
+        run_id: UUID | None = UUID(str(value.get("flow_run_id")))
+    except ValueError:
+        run_id = None
+    return GpuHandover(run_id, variable.updated)
 
 
 @dataclass(frozen=True)
