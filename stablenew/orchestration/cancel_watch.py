@@ -137,7 +137,8 @@ class CancelWatch:
         writing anything, and a generation of it is interrupted, nobody will take it."""
         state = run.state
         reason = f"{state.name}: {state.message}" if state else "no state"
-        cancellation.take_back(run.id, reason)
+        if not cancellation.take_back(run.id, reason):
+            return  # it left this worker while the answer was on its way
         interrupter = self._interrupter if self._holds_gpu(run.id) else None
         if state is not None and state.is_final() and interrupter is None:
             return  # usually the run's own end, seen before the worker let go of it

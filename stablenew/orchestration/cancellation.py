@@ -41,10 +41,15 @@ def register(flow_run_id: UUID) -> threading.Event:
 
 
 def unregister(flow_run_id: UUID) -> None:
+    """The run has left this worker. A check of it still under way answers for nobody: were
+    it to take the run back, it would take back the run's next claim here (handed back in
+    the meantime, then claimed again)."""
     with _lock:
         _events.pop(flow_run_id, None)
         _taken.pop(flow_run_id, None)
-        _verdicts.pop(flow_run_id, None)
+        verdict = _verdicts.pop(flow_run_id, None)
+    if verdict is not None:
+        verdict.cancel()
 
 
 def event_for(flow_run_id: UUID | str | None) -> threading.Event:
@@ -55,13 +60,16 @@ def event_for(flow_run_id: UUID | str | None) -> threading.Event:
         return _events.get(_key(flow_run_id)) or threading.Event()
 
 
-def take_back(flow_run_id: UUID, reason: str) -> None:
-    """Mark the run as no longer this worker's; its waits end (its cancel event is set)."""
+def take_back(flow_run_id: UUID, reason: str) -> bool:
+    """Mark the run as no longer this worker's; its waits end (its cancel event is set).
+    Only a run in flight here can be taken back: ``False`` if it already left."""
     with _lock:
-        _taken.setdefault(flow_run_id, reason)
         event = _events.get(flow_run_id)
-    if event is not None:
-        event.set()
+        if event is None:
+            return False
+        _taken.setdefault(flow_run_id, reason)
+    event.set()
+    return True
 
 
 def taken_back(flow_run_id: UUID | str | None) -> str | None:

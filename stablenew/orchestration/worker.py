@@ -17,11 +17,11 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from uuid import UUID
 
 import anyio
@@ -59,6 +59,12 @@ RECOVERY_SCAN_SECONDS = 5.0  # how often the pool's first live worker looks for 
 INTERRUPTED_EXIT_SECONDS = 15.0  # after interrupting the WebUI, bound on the run ending
 LABEL_ATTEMPTS = 3
 LOAD_RETRY_SECONDS = 30.0  # a worker whose flow code does not load holds this long, then retries
+# Bound on the GPU grant's ownership check: an answer within the flow's wait for it, also
+# while the Prefect API is down (no answer then counts as "still ours").
+GRANT_CHECK_SECONDS = cancellation.CONFIRM_SECONDS / 2
+ORPHAN_MIN_AGE_SECONDS = 10.0  # a run claimed here this recently may not be tracked yet
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,74 @@ class StableNewWorker(
         # it holds, so the queue is not drained into crashes; tried again after a while.
         self._cannot_run: str | None = None
         self._retry_load_at = 0.0
+        # Prefect API outages: while one lasts the worker waits for the API instead of
+        # exiting; after one, a run may have been left unended by this live worker (its
+        # final state or its hand-back could not be written), so it looks for such runs.
+        self._synced_once = False
+        self._outage_since: float | None = None
+        self._lost_touch = False
+
+    # -- Prefect API outages --------------------------------------------------------------
+
+    async def _through_outage(self, call: Callable[[], Awaitable[T]], default: T) -> T:
+        """``call()``, or ``default`` while the Prefect API is unreachable or failing (5xx).
+        Prefect's service loops would end the worker after a few such failures in a row;
+        a worker outliving a server restart is what users of a queue expect. Before the
+        worker has reached the API once, a failure is still an error (a wrong URL)."""
+        try:
+            result = await call()
+        except Exception as exc:
+            if not api_unavailable(exc):
+                raise
+            error = exc
+        else:
+            self._synced_once = True
+            if self._outage_since is not None:
+                self._logger.info(
+                    "Prefect API back after %.0fs", time.monotonic() - self._outage_since
+                )
+                self._outage_since = None
+            return result
+        if not self._synced_once:
+            raise error
+        self._lost_touch = True
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            self._logger.warning("Prefect API unreachable (%r); waiting for it", error)
+        return default
+
+    async def sync_with_backend(self) -> None:
+        await self._through_outage(super().sync_with_backend, None)
+
+    async def _recover_orphans(self) -> bool:
+        """Runs this worker's name holds in Prefect but it no longer does: their flow ended
+        (or was handed back) while the API could not take the final state. Nothing else
+        would end them, the pool's recovery leaves a live worker's runs alone."""
+        assert self._recovery is not None
+        try:
+            runs = await recovery.active_runs(self.client, self._work_pool_name)
+            now = datetime.now(UTC)
+            orphans = [
+                r
+                for r in runs
+                if recovery.claimant(r) == self.name
+                and not self._holds(r.id)
+                and r.id not in self._submitting_flow_run_ids
+                and r.state is not None
+                and (now - r.state.timestamp).total_seconds() > ORPHAN_MIN_AGE_SECONDS
+            ]
+            await recovery.recover_worker(
+                self.client,
+                self.name,
+                orphans,
+                why="lost track of it while the Prefect API was unreachable",
+                retries_on_crash=self._recovery.retries_on_crash,
+                logger=self._logger,
+            )
+        except Exception as exc:
+            self._logger.warning("could not look for runs lost in the outage: %r", exc)
+            return False
+        return True
 
     # -- polling --------------------------------------------------------------------------
 
@@ -177,10 +251,15 @@ class StableNewWorker(
         self._loop = asyncio.get_running_loop()
         if self._stopping:
             return []
+        return await self._through_outage(self._poll, [])
+
+    async def _poll(self) -> list[FlowRun]:
         if not self._recovered_own:
             # Before the first claim: whatever this name still holds is from a previous
             # life of this worker (a restart on the same GPU), and nothing of it runs here.
             self._recovered_own = await self._recover_own()
+        if self._lost_touch and self._outage_since is None and self._recovery is not None:
+            self._lost_touch = not await self._recover_orphans()
         self._maybe_scan()
         if self._min_poll_seconds:
             now = time.monotonic()
@@ -329,8 +408,12 @@ class StableNewWorker(
         cancellation.expect_verdict(flow_run_id, verdict)
 
     async def _granted(self, flow_run_id: UUID) -> None:
-        await publish_gpu_holder(self.client, self.name, flow_run_id, self._logger)
-        run = await self.client.read_flow_run(flow_run_id)
+        run: FlowRun | None = None
+        with anyio.move_on_after(GRANT_CHECK_SECONDS):
+            await publish_gpu_holder(self.client, self.name, flow_run_id, self._logger)
+            run = await self.client.read_flow_run(flow_run_id)
+        if run is None:
+            return  # the API did not answer in time (down): the run finishes as ours
         # Running here (or being cancelled here) is ours; anything else was taken from us
         # after the cancel watch last looked (e.g. requeued and started elsewhere at once).
         if recovery.claimant(run) != self.name or run.state_type not in (
@@ -397,7 +480,9 @@ class StableNewWorker(
             await recovery.requeue(self.client, flow_run, reason)
             self.get_flow_run_logger(flow_run).info(reason)
         except Exception as exc:
-            # Our heartbeat stops with us; the pool's recovery puts it back instead.
+            # Left claimed here: looked for again once the API answers (or, should this
+            # worker die first, put back by the pool's recovery).
+            self._lost_touch = True
             self._logger.warning("could not hand back flow run %s: %r", flow_run.id, exc)
 
     # -- stopping -------------------------------------------------------------------------
@@ -564,7 +649,11 @@ class StableNewWorker(
         # In-process, a claimed run has started as soon as this worker holds it.
         if task_status is not None:
             task_status.started(os.getpid())
-        await self._run_claimed(flow_run)
+        try:
+            await self._run_claimed(flow_run)
+        except Exception:
+            self._lost_touch = True  # its end may not have been written
+            raise
         # Every path of _run_claimed leaves a final state, a run handed back or one
         # cancelling; non-zero would make BaseWorker propose CRASHED on top of it.
         return StableNewWorkerResult(identifier=str(flow_run.id), status_code=0)
@@ -632,6 +721,7 @@ class StableNewWorker(
         try:
             run = await self.client.read_flow_run(flow_run.id)
         except Exception as exc:
+            self._lost_touch = True
             self._logger.warning("could not read back taken-back run %s: %r", flow_run.id, exc)
             return
         if recovery.claimant(run) == self.name and run.state_type in (
@@ -679,10 +769,28 @@ class StableNewWorker(
             await self.client.set_flow_run_state(
                 flow_run.id, Cancelled(message=message), force=True
             )
+        elif error is not None and api_unavailable(error) and self._recovery is not None:
+            # Not the job's fault: what a dead worker's runs get (back in the queue, or
+            # CRASHED and re-run once if it was generating), with the reason.
+            await recovery.recover_worker(
+                self.client,
+                self.name,
+                [flow_run],
+                why=f"could not reach the Prefect API ({type(error).__name__})",
+                retries_on_crash=self._recovery.retries_on_crash,
+                logger=self._logger,
+            )
         elif error is not None:
             await self._propose_crashed_state(
                 flow_run, f"worker caught {type(error).__name__}: {error}"
             )
+
+
+def api_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the Prefect API is down or failing, not that a request was wrong."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, httpx.TransportError)
 
 
 def rank_of(run: FlowRun) -> Rank:

@@ -217,6 +217,7 @@ def test_confirm_ours_waits_for_the_workers_answer() -> None:
             cancellation.confirm_ours(run, timeout=5)
         # An answer that never comes (the worker's loop died) takes the run back too.
         other = uuid.uuid4()
+        cancellation.register(other)
         cancellation.expect_verdict(other, concurrent.futures.Future())
         with pytest.raises(cancellation.TakenBack, match="did not confirm"):
             cancellation.confirm_ours(other, timeout=0.1)
@@ -224,11 +225,32 @@ def test_confirm_ours_waits_for_the_workers_answer() -> None:
         failed: concurrent.futures.Future[None] = concurrent.futures.Future()
         failed.set_exception(RuntimeError("503"))
         third = uuid.uuid4()
+        cancellation.register(third)
         cancellation.expect_verdict(third, failed)
         cancellation.confirm_ours(third, timeout=1)
     finally:
         for i in (run, other, third):
             cancellation.unregister(i)
+
+
+def test_a_take_back_meant_for_an_earlier_claim_spares_the_next_one() -> None:
+    """Seen in a Prefect server outage: the grant check of a run answered after the run had
+    been handed back, and its "taken back" mark made the worker drop the run's next claim
+    without starting it (PENDING for ever)."""
+    run = uuid.uuid4()
+    cancellation.register(run)
+    check: concurrent.futures.Future[None] = concurrent.futures.Future()
+    cancellation.expect_verdict(run, check)
+    assert cancellation.take_back(run, "the worker did not confirm it within 30s")
+    cancellation.unregister(run)
+    assert check.cancelled()  # the check still under way answers for nobody
+    assert not cancellation.take_back(run, "Scheduled: Handed back")  # it has left
+    cancellation.register(run)  # claimed here again
+    try:
+        assert cancellation.taken_back(run) is None
+        cancellation.confirm_ours(run, timeout=0.1)  # no verdict pending: ours
+    finally:
+        cancellation.unregister(run)
 
 
 def test_an_announcement_never_withdrawn_stops_holding_the_gpu_back(

@@ -21,6 +21,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from stablenew.history import SqliteHistoryStore
 from stablenew.lifecycle import JobStatus
+from stablenew.orchestration import cancellation
 from stablenew.orchestration._prefect import prefect_client
 from stablenew.orchestration.exporter import sync
 from stablenew.orchestration.jobs import JobService
@@ -185,14 +186,17 @@ def test_stop_after_grace_interrupts_and_requeues_the_generating_job(api: FaultL
     assert counts == {"SCHEDULED": 3}, counts  # interrupted, handed back: not failed
 
 
+@pytest.mark.timeout(300)
 def test_prefect_server_killed_and_restarted_with_a_queue(api: FaultLab) -> None:
+    """Down for longer than a flow waits for its GPU grant to be confirmed (30 s): in CI a
+    slow restart left runs PENDING for ever (a late answer took back their next claim)."""
     sim = api.start_sim(seconds_per_image=0.1)
     pack = "server-restart"
     submit(pack, 50)
     api.start_worker("steady", sim.url)
     wait(lambda: len(sim.generations()) >= 5, 60, "the first jobs to render")
     api.kill_server()
-    time.sleep(5)
+    time.sleep(cancellation.CONFIRM_SECONDS + 15)
     api.restart_server()
     wait(lambda: settled(pack, 50), 180, "all 50 jobs to complete after the restart")
     assert set(completions_per_job(pack).values()) == {1}
@@ -254,6 +258,48 @@ def test_two_recovering_parties_rerun_a_job_once(api: FaultLab) -> None:
     assert reruns[0].parameters["record"]["job_id"] == generating
     requeued = by_job[staged]
     assert next(r for r in runs if r.id == requeued.id).state.message.startswith("Requeued")
+    JobService().cancel_pack(pack)
+
+
+def test_after_an_outage_a_worker_puts_right_the_runs_it_lost_track_of(
+    api: FaultLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live worker whose run's end could not be written (the API was down) finds the run
+    once the API answers; the pool's recovery would never touch it (its worker is alive)."""
+    from prefect.states import Pending, Running
+
+    from stablenew.orchestration import worker as worker_module
+    from stablenew.orchestration.recovery import claim_message
+    from stablenew.orchestration.worker import RecoveryPolicy, StableNewWorker
+
+    monkeypatch.setattr(worker_module, "ORPHAN_MIN_AGE_SECONDS", 0.0)
+    pack = "lost-touch"
+    lost, held = JobService().submit(
+        [make_record(f"{pack} {i}", pack_id=pack) for i in range(2)], "normal"
+    )
+    by_job = {r.parameters["record"]["job_id"]: r for r in runs_of(pack)}
+
+    async def scenario() -> None:
+        worker = StableNewWorker(
+            work_pool_name="stablenew-gpu", name="outlived", recovery_policy=RecoveryPolicy()
+        )
+        async with worker, prefect_client() as client:
+            for job in (lost, held):
+                run = by_job[job]
+                await client.set_flow_run_state(
+                    run.id, Pending(message=claim_message("outlived")), force=True
+                )
+                await client.update_flow_run_labels(run.id, {"prefect.worker.name": "outlived"})
+                await client.set_flow_run_state(run.id, Running(), force=True)
+            worker._submitting_flow_run_ids.add(by_job[held].id)  # being started here
+            assert await worker._recover_orphans()
+
+    asyncio.run(scenario())
+    runs = {r.id: r for r in runs_of(pack)}
+    assert runs[by_job[held].id].state.type == StateType.RUNNING
+    put_back = runs[by_job[lost].id].state
+    assert put_back.type == StateType.SCHEDULED, put_back
+    assert "lost track of it while the Prefect API was unreachable" in put_back.message
     JobService().cancel_pack(pack)
 
 
