@@ -117,7 +117,10 @@ def worker(
     # this cold start together and reach the GPU gate in arbitrary order.
     from prefect.flows import load_flow_from_entrypoint
 
+    from stablenew.orchestration import engine_patches
     from stablenew.orchestration.deployments import project_root
+
+    engine_patches.install()
 
     load_flow_from_entrypoint(str(project_root() / "flows" / "render.py") + ":render_job")
 

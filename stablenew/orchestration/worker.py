@@ -215,36 +215,6 @@ class StableNewWorker(
     async def sync_with_backend(self) -> None:
         await self._through_outage(super().sync_with_backend, None)
 
-    async def _recover_orphans(self) -> bool:
-        """Runs this worker's name holds in Prefect but it no longer does: their flow ended
-        (or was handed back) while the API could not take the final state. Nothing else
-        would end them, the pool's recovery leaves a live worker's runs alone."""
-        assert self._recovery is not None
-        try:
-            runs = await recovery.active_runs(self.client, self._work_pool_name)
-            now = datetime.now(UTC)
-            orphans = [
-                r
-                for r in runs
-                if recovery.claimant(r) == self.name
-                and not self._holds(r.id)
-                and r.id not in self._submitting_flow_run_ids
-                and r.state is not None
-                and (now - r.state.timestamp).total_seconds() > ORPHAN_MIN_AGE_SECONDS
-            ]
-            await recovery.recover_worker(
-                self.client,
-                self.name,
-                orphans,
-                why="lost track of it while the Prefect API was unreachable",
-                retries_on_crash=self._recovery.retries_on_crash,
-                logger=self._logger,
-            )
-        except Exception as exc:
-            self._logger.warning("could not look for runs lost in the outage: %r", exc)
-            return False
-        return True
-
     # -- polling --------------------------------------------------------------------------
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
@@ -257,9 +227,16 @@ class StableNewWorker(
         if not self._recovered_own:
             # Before the first claim: whatever this name still holds is from a previous
             # life of this worker (a restart on the same GPU), and nothing of it runs here.
-            self._recovered_own = await self._recover_own()
+            self._recovered_own = await self._recover_own("was restarted")
+            if self._recovered_own:
+                await withdraw(self.client, self.name, self._logger)
         if self._lost_touch and self._outage_since is None and self._recovery is not None:
-            self._lost_touch = not await self._recover_orphans()
+            # Runs whose end (or hand-back) the API could not take while this worker lived:
+            # the pool's recovery leaves a live worker's runs alone.
+            self._lost_touch = not await self._recover_own(
+                "lost track of it while the Prefect API was unreachable",
+                min_age=ORPHAN_MIN_AGE_SECONDS,
+            )
         self._maybe_scan()
         if self._min_poll_seconds:
             now = time.monotonic()
@@ -428,21 +405,31 @@ class StableNewWorker(
 
     # -- recovery ---------------------------------------------------------------------------
 
-    async def _recover_own(self) -> bool:
+    async def _recover_own(self, why: str, *, min_age: float = 0.0) -> bool:
+        """Put right the runs this worker's name holds in Prefect that it does not run (and
+        whose state is at least ``min_age`` seconds old), as a dead worker's would be."""
         assert self._recovery is not None
         try:
             runs = await recovery.active_runs(self.client, self._work_pool_name)
+            now = datetime.now(UTC)
+            lost = [
+                r
+                for r in runs
+                if not self._holds(r.id)
+                and r.id not in self._submitting_flow_run_ids
+                and r.state is not None
+                and (now - r.state.timestamp).total_seconds() >= min_age
+            ]
             await recovery.recover_worker(
                 self.client,
                 self.name,
-                runs,
-                why="was restarted",
+                lost,
+                why=why,
                 retries_on_crash=self._recovery.retries_on_crash,
                 logger=self._logger,
             )
-            await withdraw(self.client, self.name, self._logger)
         except Exception as exc:  # the API is down: try again at the next poll
-            self._logger.warning("could not check what %s held before: %r", self.name, exc)
+            self._logger.warning("could not recover what %s holds (%s): %r", self.name, why, exc)
             return False
         return True
 

@@ -292,7 +292,10 @@ def test_after_an_outage_a_worker_puts_right_the_runs_it_lost_track_of(
                 await client.update_flow_run_labels(run.id, {"prefect.worker.name": "outlived"})
                 await client.set_flow_run_state(run.id, Running(), force=True)
             worker._submitting_flow_run_ids.add(by_job[held].id)  # being started here
-            assert await worker._recover_orphans()
+            assert await worker._recover_own(
+                "lost track of it while the Prefect API was unreachable",
+                min_age=worker_module.ORPHAN_MIN_AGE_SECONDS,
+            )
 
     asyncio.run(scenario())
     runs = {r.id: r for r in runs_of(pack)}
