@@ -183,8 +183,16 @@ class Stack:
         self.save()
         return proc
 
-    def start(self, *, prefect: bool, simulator: bool, sim_args: list[str] | None = None) -> None:
-        """Start the Prefect server and/or the simulator in parallel, then wait for both."""
+    def start(
+        self,
+        *,
+        prefect: bool,
+        simulator: bool,
+        sim_args: list[str] | None = None,
+        server_env: dict[str, str] | None = None,
+    ) -> None:
+        """Start the Prefect server and/or the simulator in parallel, then wait for both.
+        ``server_env`` overrides the server's settings (a bench's census logs requests)."""
         waits: list[tuple[Callable[[], bool], str, subprocess.Popen[bytes], float]] = []
         if prefect:
             port = free_port()
@@ -195,7 +203,7 @@ class Stack:
                     "stablenew.orchestration.prefect_server",
                     *("server", "start", "--host", "127.0.0.1", "--port", str(port)),
                 ),
-                prefect_server_env(self.home, port),
+                {**prefect_server_env(self.home, port), **(server_env or {})},
             )
             health = f"{self.prefect_url}/health"
             waits.append((lambda: healthy(health), "prefect-server", proc, SERVER_START_TIMEOUT))
