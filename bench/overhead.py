@@ -1,7 +1,7 @@
 """Orchestration overhead: how long the (simulated) GPU idles between jobs.
 
     python bench/overhead.py --jobs 200 --seconds-per-image 0.5 [--worker stablenew|process]
-        [--submit-jobs 1000] [--json]
+        [--submit-jobs 1000] [--json] [--census]
 
 Starts a throwaway embedded stack (Prefect server on SQLite, the WebUI simulator set to a fixed
 S seconds per image, one worker), runs N one-image jobs, and reports from the simulator's own
@@ -12,6 +12,10 @@ timestamps (it knows when each generation starts and ends):
 - end to end: from the submit call to every run terminal;
 - submission: time to accept a --submit-jobs pack (pool paused, so nothing runs), jobs/s,
   and how many 5xx answers the submitting client got (and retried).
+
+CPU per job is what each process of the stack used while the measured jobs ran (the server's
+includes answering the pack's follower, which polls as `stablenew run` does). --census adds
+the server's requests per route and job.
 
 With --json the last line is one JSON object (makespan_s, ratio, median_gap_ms,
 submit_rate_jobs_per_s, ...).
