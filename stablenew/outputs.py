@@ -2,7 +2,8 @@
 
 A job may run many times (re-run, retry, recovery), and no run overwrites another's files:
 each run attempt writes its own folder, ``<output_root>/<pack>/<job_id>/<UTC time>_<run>_a<N>/``
-(``<run>``: the end of its flow run id; ``N``: Prefect's attempt), and ``<job_id>/latest``
+(``<UTC time>`` to the millisecond, so the folders list in the order they were written;
+``<run>``: the end of its flow run id; ``N``: Prefect's attempt), and ``<job_id>/latest``
 points at the newest. Each folder holds ``record.json`` (the record exactly as built) and
 ``result.json`` (which run and attempt made the images, and their seeds and infotext).
 
@@ -61,7 +62,10 @@ class RunStamp:
 
 
 def run_dir_name(stamp: RunStamp, at: datetime) -> str:
-    return f"{at.astimezone(UTC):%Y%m%dT%H%M%S}_{stamp.tag}_a{stamp.attempt}"
+    # Milliseconds: two runs of a job can end within one second, and the folders should
+    # still list in the order they were written.
+    at = at.astimezone(UTC)
+    return f"{at:%Y%m%dT%H%M%S}.{at.microsecond // 1000:03d}_{stamp.tag}_a{stamp.attempt}"
 
 
 def run_dirs(output_root: Path, record: NormalizedJobRecord, flow_run_id: str) -> list[Path]:
