@@ -76,6 +76,10 @@ def handle_errors() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
+    except KeyboardInterrupt:
+        # Ctrl-C outside what a command handles itself (a submission rolls itself back).
+        err_console.print("[yellow]Interrupted[/].")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except PackError as e:
         for issue in e.issues:
             err_console.print(str(issue), highlight=False, markup=False, soft_wrap=True)

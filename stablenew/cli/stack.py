@@ -209,9 +209,19 @@ def run(
             await _apply(settings.work_pool)
             service = JobService(pool=settings.work_pool)
             # `run` means "render this now": an identical earlier run does not block it.
-            runs = await service.asubmit_runs(
-                records, prio, allow_duplicates=True, group_models=not keep_order
-            )
+            try:
+                runs = await service.asubmit_runs(
+                    records, prio, allow_duplicates=True, group_models=not keep_order
+                )
+            except asyncio.CancelledError:  # Ctrl-C while queueing: the submission rolled back
+                if not json_out:
+                    console.print(
+                        "[yellow]Interrupted[/]: cancelling this run's jobs while they were "
+                        "being queued: none stays queued, one already generating is "
+                        "interrupted.",
+                        highlight=False,
+                    )
+                raise typer.Exit(EXIT_INTERRUPTED) from None
             if not json_out:
                 console.print(
                     f"Queued [bold]{len(runs)}[/] job(s) from [bold]{records[0].pack_id}[/] "

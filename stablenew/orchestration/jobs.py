@@ -146,6 +146,8 @@ class JobService:
                 made = list(created.values()) + await batch.find_strays(created)
                 await self._rollback(client, made)
                 rolled_back = [str(r.id) for r in made]
+                if isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
+                    raise  # Ctrl-C: rolled back, and still a cancellation to the caller
                 if isinstance(error, DuplicateJob):
                     raise DuplicateJob(
                         error.job_id, error.existing, rolled_back=rolled_back
@@ -259,13 +261,15 @@ class JobService:
         return asyncio.run(self.aedit(job_id, changes, limits=limits))
 
     async def _rollback(self, client: PrefectClient, runs: Sequence[FlowRun]) -> None:
-        for run in runs:
-            try:
-                await client.set_flow_run_state(
-                    run.id, Cancelled(message="submission rolled back"), force=True
-                )
-            except Exception:
-                logger.exception("could not roll back flow run %s", run.id)
+        """Cancel what a failed or interrupted submission created, the way ``cancel`` does:
+        a worker may already have claimed a run (it starts fast), and a forced CANCELLED
+        would then be overwritten by the run's RUNNING; CANCELLING reaches its worker."""
+        try:
+            await cancel_matching(
+                client, flow_run_ids=[r.id for r in runs], message="submission rolled back"
+            )
+        except Exception:
+            logger.exception("could not roll back %d flow run(s)", len(runs))
 
     # -- lookup -----------------------------------------------------------------------------
 

@@ -66,3 +66,39 @@ def _refusal(service: JobService, record: NormalizedJobRecord) -> str:
     with pytest.raises(SubmissionError) as caught:
         service.submit([record], allow_duplicates=True)
     return str(caught.value)
+
+
+def test_a_submission_interrupted_between_chunks_rolls_back_and_stays_a_cancellation(
+    live: LiveStack,
+) -> None:
+    """Ctrl-C on `stablenew run` while it still queues a pack: what was created is cancelled,
+    and the caller sees the cancellation itself (the CLI then exits 130), not a failure."""
+    import asyncio
+
+    from prefect.client.schemas.objects import StateType
+
+    from stablenew.orchestration.submission import BULK
+    from tests.orchestration.faults import runs_of
+
+    service = JobService()
+    pack = "interrupted-submit"
+    records = [make_record(f"{pack} {i}", pack_id=pack) for i in range(BULK + 1)]
+
+    async def interrupted() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        await service.asubmit_runs(records, on_created=lambda _n: task.cancel())
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(interrupted())
+    assert len(runs_of(pack)) == BULK  # the first chunk was created before the interrupt
+
+    def unfinished() -> list[str]:
+        return [r.state_name or "?" for r in runs_of(pack) if not r.state or not r.state.is_final()]
+
+    # Claimed ones end through their worker (CANCELLING first); none may start afterwards.
+    wait_for(lambda: not unfinished(), timeout=30, what="the rolled-back runs to end")
+    ended = [r.state_type for r in runs_of(pack)]
+    # One may have completed in the milliseconds before the rollback; none failed or crashed.
+    assert set(ended) <= {StateType.CANCELLED, StateType.COMPLETED}, set(ended)
+    assert ended.count(StateType.CANCELLED) >= BULK - 1
