@@ -16,7 +16,7 @@ _WAITING_CHUNK = 2000
 
 
 async def follow(
-    flow_run_ids: Sequence[UUID], *, interval: float = 0.5, timeout: float | None = None
+    flow_run_ids: Sequence[UUID], *, interval: float = 1.0, timeout: float | None = None
 ) -> AsyncIterator[dict[str, JobRef]]:
     """Yield a snapshot {flow_run_id: JobRef} each tick until all runs are terminal.
 

@@ -28,6 +28,16 @@ import anyio
 import anyio.abc
 import httpx
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterNextScheduledStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+    WorkQueueFilter,
+    WorkQueueFilterName,
+)
 from prefect.client.schemas.objects import FlowRun, State, StateType, WorkPool
 from prefect.client.schemas.responses import DeploymentResponse, WorkerFlowRunResponse
 from prefect.exceptions import Abort, ObjectNotFound
@@ -52,7 +62,17 @@ from stablenew.orchestration.worker_state import publish_gpu_holder, publish_hol
 logger = logging.getLogger(__name__)
 
 POOL_READ_SECONDS = 1.0
-JUMP_POLL_SECONDS = 1.0  # a full lookahead asks for priority jumps this often
+JUMP_POLL_SECONDS = 0.5  # a full lookahead looks for priority jumps this often (a count)
+# Asking for runs (get_scheduled_flow_runs) also marks the queues and deployments polled: ~25
+# ms of server CPU, where counting the due runs costs ~3.5 (bench/overhead.py). So a worker
+# that has nothing to fill counts first, and asks anyway this often, well inside the 60 s
+# after which Prefect shows an unpolled queue or deployment as not ready.
+READY_POLL_SECONDS = 10.0
+FRUITLESS_ASK_SECONDS = 1.0  # the count saw runs the ask did not get (a paused queue): back off
+# An idle worker counts this often, not every poll tick: 2.5 counts a second keep its cost to
+# the server under 20 ms of CPU a second (bench/scaleout.py), for at most 0.4 s more before a
+# job submitted to an idle pool starts.
+IDLE_COUNT_SECONDS = 0.4
 FIRST_START_ALONE_SECONDS = 2.0  # bound on holding back the lookahead for an idle start
 WITHDRAW_SECONDS = 5.0  # bound on withdrawing what the worker published, at shutdown
 RECOVERY_SCAN_SECONDS = 5.0  # how often the pool's first live worker looks for dead ones
@@ -159,7 +179,13 @@ class StableNewWorker(
         self._flows_lock = asyncio.Lock()
         self._watch: CancelWatch | None = None
         self._last_pool_read = 0.0
+        self._pool_paused = False
         self._last_jump_poll = 0.0
+        self._last_ask = 0.0
+        self._left_some = False
+        self._peeked = False
+        self._quiet_until = 0.0
+        self._last_idle_count = 0.0
         self._idle_claim_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._min_poll_seconds = min_poll_seconds
@@ -258,8 +284,49 @@ class StableNewWorker(
         if reason:
             return []
         if self.gate is None:
-            return await super().get_and_submit_flow_runs()
+            if not await self._worth_asking():
+                return []
+            return self._asked(await super().get_and_submit_flow_runs(), None)
         return await self._claim_for_gpu(self.gate)
+
+    async def _worth_asking(self, queues: list[str] | None = None) -> bool:
+        """Whether to ask the server for runs now: the last ask is READY_POLL_SECONDS old,
+        or it left runs behind, or a run is due in ``queues`` (``None``: every queue this
+        worker serves; counted, not read)."""
+        now = time.monotonic()
+        self._peeked = False
+        if now - self._last_ask >= READY_POLL_SECONDS or (queues is None and self._left_some):
+            return True
+        if now < self._quiet_until:
+            return False
+        self._peeked = await self._due(queues)
+        return self._peeked
+
+    def _asked(self, got: list[T], limit: int | None) -> list[T]:
+        now = time.monotonic()
+        self._last_ask = now
+        self._left_some = limit is not None and len(got) >= limit
+        if not got and self._peeked:
+            # Counted as due, yet not handed out (a paused queue, a concurrency limit):
+            # counting again at once would only repeat that.
+            self._quiet_until = now + FRUITLESS_ASK_SECONDS
+        return got
+
+    async def _due(self, queues: list[str] | None) -> bool:
+        names = queues if queues is not None else sorted(self._work_queues) or None
+        count = await self.client.count_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+                next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
+                    before_=datetime.now(UTC)
+                ),
+            ),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
+            work_queue_filter=(
+                WorkQueueFilter(name=WorkQueueFilterName(any_=names)) if names else None
+            ),
+        )
+        return count > 0
 
     async def _claim_for_gpu(self, gate: GpuGate) -> list[FlowRun]:
         stale = gate.drop_stale(lambda i: i in self._submitting_flow_run_ids or self._holds(i))
@@ -269,39 +336,52 @@ class StableNewWorker(
             self._logger.warning("GPU gate: dropped stale announced run(s) %s", stale)
         if int(self.limiter.borrowed_tokens) > self._cap:
             return []  # the one slot beyond the lookahead is taken by a priority jump
-        full = int(self.limiter.borrowed_tokens) == self._cap
+        in_flight = int(self.limiter.borrowed_tokens)
+        full = in_flight == self._cap
         now = time.monotonic()
+        if (in_flight or self._pool_paused) and now - self._last_pool_read >= POOL_READ_SECONDS:
+            # Staged runs hold while the pool is paused: the gate learns of it within a second.
+            await self._read_pool(gate, now)
+        if self._pool_paused:
+            return []  # a paused pool hands out no runs
         queues: list[str] | None = None
         if full:
-            # Nothing can be claimed but a priority jump, so ask only the queues that rank
-            # above every staged run (none: nothing to ask), only for one run, and only every
-            # JUMP_POLL_SECONDS, not every tick: a jump waits for the generating job anyway
-            # (bench/overhead.py: scheduled-run polls 2.5 -> 1.8 per job).
+            # Nothing can be claimed but a priority jump, so look only at the queues that
+            # rank above every staged run (none: nothing to ask), for one run, and only every
+            # JUMP_POLL_SECONDS, not every tick: a jump waits for the generating job anyway.
             if now - self._last_jump_poll < JUMP_POLL_SECONDS:
                 return []
             self._last_jump_poll = now
             staged = gate.staged()
             worst = max((rank[0] for rank in staged.values()), default=0)
             queues = [name for name, prio in QUEUE_PRIORITY.items() if prio < worst]
-            if not queues:
+            if now - self._last_ask >= READY_POLL_SECONDS:
+                queues = None  # every queue, so all stay "ready"; only a better run is taken
+            elif not queues or not await self._worth_asking(queues):
                 return []
-        if not full or now - self._last_pool_read >= POOL_READ_SECONDS:
-            # The pause flag only matters to the gate (staged runs hold while paused); a
-            # paused pool hands out no runs anyway, so a full worker reads it less often.
-            self._last_pool_read = now
-            pool = await self.client.read_work_pool(self._work_pool_name)
-            gate.set_paused(pool.is_paused)
-            if pool.is_paused:
+        else:
+            if (
+                in_flight
+                and gate.holder is None
+                and now - self._idle_claim_at < FIRST_START_ALONE_SECONDS
+            ):
+                # The first run after idle starts alone: five starting together took ~1 s to
+                # reach RUNNING here, one ~0.3 s. The lookahead fills once it holds the GPU.
                 return []
-        in_flight = int(self.limiter.borrowed_tokens)
+            if not in_flight:
+                if now - self._last_idle_count < IDLE_COUNT_SECONDS:
+                    return []
+                self._last_idle_count = now
+            if not await self._worth_asking():
+                return []
+            if not in_flight and now - self._last_pool_read >= POOL_READ_SECONDS:
+                await self._read_pool(gate, now)
+                if self._pool_paused:
+                    return []
         if in_flight == 0:
             self._idle_claim_at = now
-        elif gate.holder is None and now - self._idle_claim_at < FIRST_START_ALONE_SECONDS:
-            # The first run after idle starts alone: five starting together took ~1 s to
-            # reach RUNNING here, one ~0.3 s. The lookahead fills once it holds the GPU.
-            return []
         limit = 1 if full or in_flight == 0 else self._cap + 2
-        responses = await self._next_scheduled(limit=limit, queues=queues)
+        responses = self._asked(await self._next_scheduled(limit=limit, queues=queues), limit)
         staged = gate.staged()
         chosen: list[WorkerFlowRunResponse] = []
         for response in responses:
@@ -329,6 +409,12 @@ class StableNewWorker(
             if response.flow_run.id not in submitted_ids:
                 gate.forget(response.flow_run.id)
         return submitted
+
+    async def _read_pool(self, gate: GpuGate, now: float) -> None:
+        self._last_pool_read = now
+        pool = await self.client.read_work_pool(self._work_pool_name)
+        self._pool_paused = bool(pool.is_paused)
+        gate.set_paused(self._pool_paused)
 
     async def _next_scheduled(
         self, limit: int, queues: list[str] | None = None

@@ -1,0 +1,93 @@
+"""How a GPU worker asks for work, on the real stack: asking (``get_scheduled_flow_runs``)
+marks queues and deployments polled and costs the server several times what counting the due
+runs does, so a worker with nothing to fill counts, and asks only when a run is due (or every
+``READY_POLL_SECONDS``, which keeps the queues "ready" in Prefect's UI)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from stablenew.orchestration import gpu_gate
+from stablenew.orchestration import worker as worker_module
+from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.worker import StableNewWorker
+from tests.orchestration.conftest import LiveStack, make_record
+
+pytestmark = pytest.mark.slow
+
+POOL = "stablenew-gpu"
+
+
+class Recorded:
+    """What one worker asks the server for (runs handed out per ask) and counts (due?)."""
+
+    def __init__(self, worker: StableNewWorker) -> None:
+        self.asks: list[int] = []
+        self.counts: list[bool] = []
+        ask, count = worker._next_scheduled, worker._due
+
+        async def asking(limit: int, queues: list[str] | None = None) -> Any:
+            got = await ask(limit, queues)
+            self.asks.append(len(got))
+            return got
+
+        async def counting(queues: list[str] | None) -> bool:
+            due = await count(queues)
+            self.counts.append(due)
+            return due
+
+        worker._next_scheduled = asking  # type: ignore[method-assign]
+        worker._due = counting  # type: ignore[method-assign]
+
+
+def test_an_idle_worker_counts_due_runs_and_asks_only_when_one_is_due(live: LiveStack) -> None:
+    service = JobService()
+    service.pause()  # the stack's own worker claims nothing meanwhile
+    job_id = service.submit([make_record(f"polling {uuid.uuid4().hex[:8]}")])[0]
+
+    async def scenario() -> None:
+        worker = StableNewWorker(work_pool_name=POOL, name=f"poll-{uuid.uuid4().hex[:8]}")
+        worker_with_gate = StableNewWorker(
+            work_pool_name=POOL, name=f"poll-{uuid.uuid4().hex[:8]}", lookahead=4
+        )
+        seen = Recorded(worker_with_gate)
+        async with worker, worker_with_gate:
+            # The queued job is due in "normal", not in the queues that outrank it.
+            assert await worker._due(None) is True
+            assert await worker._due(["urgent", "high"]) is False
+
+            # Paused: the GPU worker learns it from the pool and asks for nothing.
+            for _ in range(3):
+                assert await worker_with_gate.get_and_submit_flow_runs() == []
+            assert seen.asks == []
+
+            await service.acancel(job_id)
+            await service.aset_paused(False)
+            await asyncio.sleep(worker_module.POOL_READ_SECONDS + 0.1)
+            seen.counts.clear()
+            # Nothing due: one ask keeps the queues ready, then only counts, and at most
+            # every IDLE_COUNT_SECONDS however often it polls.
+            for _ in range(5):
+                await asyncio.sleep(worker_module.IDLE_COUNT_SECONDS)
+                for _ in range(3):
+                    assert await worker_with_gate.get_and_submit_flow_runs() == []
+            assert seen.asks == [0]
+            assert seen.counts == [False] * 4
+
+            # Once READY_POLL_SECONDS have passed it asks again, due or not.
+            worker_with_gate._last_ask = time.monotonic() - worker_module.READY_POLL_SECONDS
+            await asyncio.sleep(worker_module.IDLE_COUNT_SECONDS)
+            assert await worker_with_gate.get_and_submit_flow_runs() == []
+            assert seen.asks == [0, 0]
+
+    before = gpu_gate.installed()  # a GPU worker installs its gate for this process's flows
+    try:
+        asyncio.run(scenario())
+    finally:
+        gpu_gate.install(before)
+        service.resume()
