@@ -1,4 +1,5 @@
-"""Guards of stablenew/orchestration/engine_patches.py: each fails when a Prefect upgrade
+"""Guards of stablenew/orchestration/engine_patches.py (and of the worker's job configuration,
+which skips Prefect's per-run settings dump): each fails when a Prefect upgrade
 moves what a patch replaces (the patch would then silently do nothing), and each patch is
 shown to do what it says. Installed here under monkeypatch, so the rest of the suite runs
 stock Prefect."""
@@ -14,8 +15,12 @@ import prefect.flow_engine as prefect_flow_engine
 import prefect.results as prefect_results
 import pytest
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+from prefect.client.schemas.objects import FlowRun
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.workers.base import BaseJobConfiguration
 
 from stablenew.orchestration import engine_patches
+from stablenew.orchestration.worker import StableNewJobConfiguration
 
 API = "http://127.0.0.1:9/api"  # never contacted: clients are only built
 
@@ -91,3 +96,30 @@ def test_the_server_default_storage_is_read_once(
     for _ in range(3):
         prefect_results._get_default_result_storage()
     assert len(reads) == 1
+
+
+def _prepared(configuration_class: type[BaseJobConfiguration]) -> dict[str, str | None]:
+    flow_run = FlowRun(id=uuid.uuid4(), name="tidy-fox", flow_id=uuid.uuid4())
+    configuration = configuration_class()
+    configuration.prepare_for_flow_run(flow_run=flow_run)
+    return dict(configuration.env)
+
+
+def test_a_runs_job_configuration_still_takes_its_environment_from_base_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prefect's base class dumps every setting there; the worker's override skips it.
+    with temporary_settings(updates={PREFECT_API_URL: API}):
+        assert BaseJobConfiguration._base_environment()["PREFECT_API_URL"] == API
+    monkeypatch.setattr(
+        StableNewJobConfiguration, "_base_environment", classmethod(lambda cls: {"MARK": "1"})
+    )
+    assert _prepared(StableNewJobConfiguration)["MARK"] == "1"
+
+
+def test_an_in_process_runs_job_configuration_carries_no_settings_dump() -> None:
+    with temporary_settings(updates={PREFECT_API_URL: API}):
+        env = _prepared(StableNewJobConfiguration)
+    # Settings are PREFECT_*; what Prefect adds about the run itself is PREFECT__*.
+    assert [key for key in env if not key.startswith("PREFECT__")] == []
+    assert env["PREFECT__FLOW_RUN_ID"]
