@@ -28,16 +28,6 @@ import anyio
 import anyio.abc
 import httpx
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterNextScheduledStartTime,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-    WorkPoolFilter,
-    WorkPoolFilterName,
-    WorkQueueFilter,
-    WorkQueueFilterName,
-)
 from prefect.client.schemas.objects import FlowRun, State, StateType, WorkPool
 from prefect.client.schemas.responses import DeploymentResponse, WorkerFlowRunResponse
 from prefect.exceptions import Abort, ObjectNotFound
@@ -57,18 +47,13 @@ from stablenew.orchestration.cancel_watch import CancelWatch, Interrupter
 from stablenew.orchestration.deployments import project_root
 from stablenew.orchestration.gpu_gate import GpuGate, HandedBack, Rank
 from stablenew.orchestration.pool import QUEUE_PRIORITY
+from stablenew.orchestration.scheduled_runs import ScheduledRuns
 from stablenew.orchestration.worker_state import publish_gpu_holder, publish_hold, withdraw
 
 logger = logging.getLogger(__name__)
 
 POOL_READ_SECONDS = 1.0
 JUMP_POLL_SECONDS = 0.5  # a full lookahead looks for priority jumps this often (a count)
-# Asking for runs (get_scheduled_flow_runs) also marks the queues and deployments polled: ~25
-# ms of server CPU, where counting the due runs costs ~3.5 (bench/overhead.py). So a worker
-# that has nothing to fill counts first, and asks anyway this often, well inside the 60 s
-# after which Prefect shows an unpolled queue or deployment as not ready.
-READY_POLL_SECONDS = 10.0
-FRUITLESS_ASK_SECONDS = 1.0  # the count saw runs the ask did not get (a paused queue): back off
 # An idle worker counts this often, not every poll tick: 2.5 counts a second keep its cost to
 # the server under 20 ms of CPU a second (bench/scaleout.py), for at most 0.4 s more before a
 # job submitted to an idle pool starts.
@@ -189,10 +174,10 @@ class StableNewWorker(
         self._last_pool_read = 0.0
         self._pool_paused = False
         self._last_jump_poll = 0.0
-        self._last_ask = 0.0
-        self._left_some = False
-        self._peeked = False
-        self._quiet_until = 0.0
+        # Counts before it asks (see scheduled_runs); the client exists once the worker runs.
+        self.scheduled = ScheduledRuns(
+            lambda: self.client, self._work_pool_name, lambda: self._work_queues
+        )
         self._last_idle_count = 0.0
         self._idle_claim_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -292,49 +277,10 @@ class StableNewWorker(
         if reason:
             return []
         if self.gate is None:
-            if not await self._worth_asking():
+            if not await self.scheduled.worth_asking():
                 return []
-            return self._asked(await super().get_and_submit_flow_runs(), None)
+            return self.scheduled.asked(await super().get_and_submit_flow_runs(), None)
         return await self._claim_for_gpu(self.gate)
-
-    async def _worth_asking(self, queues: list[str] | None = None) -> bool:
-        """Whether to ask the server for runs now: the last ask is READY_POLL_SECONDS old,
-        or it left runs behind, or a run is due in ``queues`` (``None``: every queue this
-        worker serves; counted, not read)."""
-        now = time.monotonic()
-        self._peeked = False
-        if now - self._last_ask >= READY_POLL_SECONDS or (queues is None and self._left_some):
-            return True
-        if now < self._quiet_until:
-            return False
-        self._peeked = await self._due(queues)
-        return self._peeked
-
-    def _asked(self, got: list[T], limit: int | None) -> list[T]:
-        now = time.monotonic()
-        self._last_ask = now
-        self._left_some = limit is not None and len(got) >= limit
-        if not got and self._peeked:
-            # Counted as due, yet not handed out (a paused queue, a concurrency limit):
-            # counting again at once would only repeat that.
-            self._quiet_until = now + FRUITLESS_ASK_SECONDS
-        return got
-
-    async def _due(self, queues: list[str] | None) -> bool:
-        names = queues if queues is not None else sorted(self._work_queues) or None
-        count = await self.client.count_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
-                next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
-                    before_=datetime.now(UTC)
-                ),
-            ),
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
-            work_queue_filter=(
-                WorkQueueFilter(name=WorkQueueFilterName(any_=names)) if names else None
-            ),
-        )
-        return count > 0
 
     async def _claim_for_gpu(self, gate: GpuGate) -> list[FlowRun]:
         stale = gate.drop_stale(lambda i: i in self._submitting_flow_run_ids or self._holds(i))
@@ -363,9 +309,9 @@ class StableNewWorker(
             staged = gate.staged()
             worst = max((rank[0] for rank in staged.values()), default=0)
             queues = [name for name, prio in QUEUE_PRIORITY.items() if prio < worst]
-            if now - self._last_ask >= READY_POLL_SECONDS:
+            if self.scheduled.ready_poll_due(now):
                 queues = None  # every queue, so all stay "ready"; only a better run is taken
-            elif not queues or not await self._worth_asking(queues):
+            elif not queues or not await self.scheduled.worth_asking(queues):
                 return []
         else:
             if (
@@ -380,7 +326,7 @@ class StableNewWorker(
                 if now - self._last_idle_count < IDLE_COUNT_SECONDS:
                     return []
                 self._last_idle_count = now
-            if not await self._worth_asking():
+            if not await self.scheduled.worth_asking():
                 return []
             if not in_flight and now - self._last_pool_read >= POOL_READ_SECONDS:
                 await self._read_pool(gate, now)
@@ -389,7 +335,7 @@ class StableNewWorker(
         if in_flight == 0:
             self._idle_claim_at = now
         limit = 1 if full or in_flight == 0 else self._cap + 2
-        responses = self._asked(await self._next_scheduled(limit=limit, queues=queues), limit)
+        responses = await self.scheduled.next(limit, queues)
         staged = gate.staged()
         chosen: list[WorkerFlowRunResponse] = []
         for response in responses:
@@ -423,36 +369,6 @@ class StableNewWorker(
         pool = await self.client.read_work_pool(self._work_pool_name)
         self._pool_paused = bool(pool.is_paused)
         gate.set_paused(self._pool_paused)
-
-    async def _next_scheduled(
-        self, limit: int, queues: list[str] | None = None
-    ) -> list[WorkerFlowRunResponse]:
-        """The ``limit`` best scheduled runs (queue priority, then time).
-
-        Prefect's client asks for every scheduled run, each with its parameters (our full
-        record); polled several times a second with a backlog, that serialization alone
-        used more server CPU than the jobs. The server accepts a limit; we send it.
-        """
-        body: dict[str, Any] = {"scheduled_before": str(datetime.now(UTC)), "limit": limit}
-        if queues is not None:
-            names = [q for q in queues if not self._work_queues or q in self._work_queues]
-            if not names:
-                return []
-            body["work_queue_names"] = names
-        elif self._work_queues:
-            body["work_queue_names"] = sorted(self._work_queues)
-        try:
-            response = await self.client.request(
-                "POST",
-                "/work_pools/{name}/get_scheduled_flow_runs",
-                path_params={"name": self._work_pool_name},
-                json=body,
-            )
-        except httpx.HTTPStatusError as e:
-            if e.response.status_code == 404:
-                return []
-            raise
-        return WorkerFlowRunResponse.model_validate_list(response.json())
 
     def _release_limit_slot(self, flow_run_id: UUID) -> None:
         super()._release_limit_slot(flow_run_id)

@@ -6,13 +6,12 @@ runs does, so a worker with nothing to fill counts, and asks only when a run is 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from typing import Any
 
 import pytest
 
-from stablenew.orchestration import gpu_gate
+from stablenew.orchestration import gpu_gate, scheduled_runs
 from stablenew.orchestration import worker as worker_module
 from stablenew.orchestration.jobs import JobService
 from stablenew.orchestration.worker import StableNewWorker
@@ -29,7 +28,7 @@ class Recorded:
     def __init__(self, worker: StableNewWorker) -> None:
         self.asks: list[int] = []
         self.counts: list[bool] = []
-        ask, count = worker._next_scheduled, worker._due
+        ask, count = worker.scheduled.next, worker.scheduled.due
 
         async def asking(limit: int, queues: list[str] | None = None) -> Any:
             got = await ask(limit, queues)
@@ -41,11 +40,13 @@ class Recorded:
             self.counts.append(due)
             return due
 
-        worker._next_scheduled = asking  # type: ignore[method-assign]
-        worker._due = counting  # type: ignore[method-assign]
+        worker.scheduled.next = asking  # type: ignore[method-assign]
+        worker.scheduled.due = counting  # type: ignore[method-assign]
 
 
-def test_an_idle_worker_counts_due_runs_and_asks_only_when_one_is_due(live: LiveStack) -> None:
+def test_an_idle_worker_counts_due_runs_and_asks_only_when_one_is_due(
+    live: LiveStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     service = JobService()
     service.pause()  # the stack's own worker claims nothing meanwhile
     job_id = service.submit([make_record(f"polling {uuid.uuid4().hex[:8]}")])[0]
@@ -58,8 +59,8 @@ def test_an_idle_worker_counts_due_runs_and_asks_only_when_one_is_due(live: Live
         seen = Recorded(worker_with_gate)
         async with worker, worker_with_gate:
             # The queued job is due in "normal", not in the queues that outrank it.
-            assert await worker._due(None) is True
-            assert await worker._due(["urgent", "high"]) is False
+            assert await worker.scheduled.due(None) is True
+            assert await worker.scheduled.due(["urgent", "high"]) is False
 
             # Paused: the GPU worker learns it from the pool and asks for nothing.
             for _ in range(3):
@@ -80,7 +81,7 @@ def test_an_idle_worker_counts_due_runs_and_asks_only_when_one_is_due(live: Live
             assert seen.counts == [False] * 4
 
             # Once READY_POLL_SECONDS have passed it asks again, due or not.
-            worker_with_gate._last_ask = time.monotonic() - worker_module.READY_POLL_SECONDS
+            monkeypatch.setattr(scheduled_runs, "READY_POLL_SECONDS", 0.0)
             await asyncio.sleep(worker_module.IDLE_COUNT_SECONDS)
             assert await worker_with_gate.get_and_submit_flow_runs() == []
             assert seen.asks == [0, 0]
