@@ -100,6 +100,11 @@ class GpuGate:
                 self._holder = None
             self._cond.notify_all()
 
+    @property
+    def paused(self) -> bool:
+        with self._cond:
+            return self._paused
+
     def set_paused(self, paused: bool) -> None:
         with self._cond:
             if paused != self._paused:

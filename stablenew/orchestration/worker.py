@@ -172,7 +172,6 @@ class StableNewWorker(
         self._flows_lock = asyncio.Lock()
         self._watch: CancelWatch | None = None
         self._last_pool_read = 0.0
-        self._pool_paused = False
         self._last_jump_poll = 0.0
         # Counts before it asks (see scheduled_runs); the client exists once the worker runs.
         self.scheduled = ScheduledRuns(
@@ -293,11 +292,10 @@ class StableNewWorker(
         in_flight = int(self.limiter.borrowed_tokens)
         full = in_flight == self._cap
         now = time.monotonic()
-        if (in_flight or self._pool_paused) and now - self._last_pool_read >= POOL_READ_SECONDS:
-            # Staged runs hold while the pool is paused: the gate learns of it within a second.
-            await self._read_pool(gate, now)
-        if self._pool_paused:
-            return []  # a paused pool hands out no runs
+        # Staged runs hold while the pool is paused: the gate learns of it within a second.
+        # A paused pool hands out no runs, so nothing is asked for meanwhile.
+        if (in_flight or gate.paused) and await self._paused(gate, now):
+            return []
         queues: list[str] | None = None
         if full:
             # Nothing can be claimed but a priority jump, so look only at the queues that
@@ -328,10 +326,8 @@ class StableNewWorker(
                 self._last_idle_count = now
             if not await self.scheduled.worth_asking():
                 return []
-            if not in_flight and now - self._last_pool_read >= POOL_READ_SECONDS:
-                await self._read_pool(gate, now)
-                if self._pool_paused:
-                    return []
+            if not in_flight and await self._paused(gate, now):
+                return []
         if in_flight == 0:
             self._idle_claim_at = now
         limit = 1 if full or in_flight == 0 else self._cap + 2
@@ -364,11 +360,14 @@ class StableNewWorker(
                 gate.forget(response.flow_run.id)
         return submitted
 
-    async def _read_pool(self, gate: GpuGate, now: float) -> None:
-        self._last_pool_read = now
-        pool = await self.client.read_work_pool(self._work_pool_name)
-        self._pool_paused = bool(pool.is_paused)
-        gate.set_paused(self._pool_paused)
+    async def _paused(self, gate: GpuGate, now: float) -> bool:
+        """Whether the pool is paused, read at most every POOL_READ_SECONDS (the gate keeps
+        the flag: staged runs hold while it is set)."""
+        if now - self._last_pool_read >= POOL_READ_SECONDS:
+            self._last_pool_read = now
+            pool = await self.client.read_work_pool(self._work_pool_name)
+            gate.set_paused(bool(pool.is_paused))
+        return gate.paused
 
     def _release_limit_slot(self, flow_run_id: UUID) -> None:
         super()._release_limit_slot(flow_run_id)
