@@ -61,6 +61,7 @@ class CancelWatch:
         self._logger = logger
         self._in_flight: dict[UUID, tuple[FlowRun, threading.Event]] = {}
         self._watching = False
+        self._handled: set[UUID] = set()  # cancelled or taken back: acted on once
 
     def track(self, flow_run: FlowRun) -> None:
         """Watch ``flow_run`` from its claim on (again: no change), so a cancel reaches it
@@ -85,17 +86,17 @@ class CancelWatch:
         cancellation.unregister(flow_run_id)
 
     async def _watch(self) -> None:
-        handled: set[UUID] = set()
         while True:
             await anyio.sleep(CANCEL_POLL_SECONDS)
-            ids = [i for i in self._in_flight if i not in handled]
-            handled &= set(self._in_flight)
+            ids = [i for i in self._in_flight if i not in self._handled]
+            self._handled &= set(self._in_flight)
             if not ids:
                 continue
             try:
                 # RUNNING is what nearly every run in flight is (and stays): left out, the
                 # answer is usually empty. A run started by another worker passes through
-                # SCHEDULED and PENDING first, and the GPU grant checks once more.
+                # SCHEDULED and PENDING first; if no tick fell then, the GPU grant, which
+                # reads the run before it generates, finds it.
                 runs = await self._client.read_flow_runs(
                     flow_run_filter=FlowRunFilter(
                         id=FlowRunFilterId(any_=ids),
@@ -108,17 +109,26 @@ class CancelWatch:
                 self._logger.debug("cancel watch failed: %r", exc)
                 continue
             for run in runs:
-                entry = self._in_flight.get(run.id)
-                if entry is None:
-                    continue
-                if run.state_type == StateType.CANCELLING:
-                    handled.add(run.id)
-                    await self._cancel(*entry)
-                elif run.state_type == StateType.PENDING and claimant(run) == self._worker_name:
-                    continue  # claimed here, not started yet
-                else:
-                    handled.add(run.id)
-                    await self.take_back(run)
+                await self.judge(run, started=False)
+
+    async def judge(self, run: FlowRun, *, started: bool) -> None:
+        """Act on ``run`` as read from the API, unless it is still ours (RUNNING here, or
+        claimed here and not ``started`` yet): cancel it if CANCELLING, else take it back."""
+        entry = self._in_flight.get(run.id)
+        if entry is None or run.id in self._handled:
+            return
+        mine = claimant(run) == self._worker_name
+        if run.state_type == StateType.CANCELLING:
+            self._handled.add(run.id)
+            await self._cancel(*entry)
+        elif mine and (
+            run.state_type == StateType.RUNNING
+            or (run.state_type == StateType.PENDING and not started)
+        ):
+            return
+        else:
+            self._handled.add(run.id)
+            await self.take_back(run)
 
     async def _cancel(self, flow_run: FlowRun, cancel_event: threading.Event) -> None:
         self._run_logger(flow_run).info("Cancel requested: stopping the job")

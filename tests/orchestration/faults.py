@@ -64,6 +64,11 @@ class Sim:
         ones included)."""
         return Counter(e["prompt"] for e in self.call("GET", "stats")["events"])
 
+    def cut_short(self) -> Counter[str]:
+        """Generations per prompt that were interrupted."""
+        events = self.call("GET", "stats")["events"]
+        return Counter(e["prompt"] for e in events if e["interrupted"])
+
     def busy(self) -> bool:
         return bool(self.call("GET", "stats")["busy"])
 

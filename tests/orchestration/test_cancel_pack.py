@@ -232,7 +232,10 @@ def _consume_then_cancel(
     stopped = [r for r in refs if r.status in (JobStatus.CANCELLED, JobStatus.CANCELLING)]
     assert len(stopped) == by_state.get("CANCELLED", 0)
     if one_step:
-        assert late == [], f"{len(late)} generation(s) of the pack started after cancel returned"
+        # A run left CANCELLING may get its worker's GPU before the cancel watch sees it:
+        # the grant's own check (which does not hold the WebUI back) cuts it short.
+        whole = [e for e in late if not e["interrupted"]]
+        assert whole == [], f"{len(whole)} generation(s) started after cancel returned, uncut"
         assert elapsed <= CANCEL_GUARD_SECONDS, figures
     return figures
 
