@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from stablenew.orchestration.jobs import JobService
-from stablenew.orchestration.recovery import claimant
+from stablenew.orchestration.services.jobs import JobService
+from stablenew.orchestration.worker.recovery import claimant
 from tests.orchestration.conftest import make_record
 from tests.orchestration.faults import (
     FaultLab,

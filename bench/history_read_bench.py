@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from stablenew.history import SqliteHistoryStore
-from stablenew.orchestration.history_service import JobHistoryService
+from stablenew.orchestration.services.history_service import JobHistoryService
 
 
 def timed(fn: object, n: int) -> list[float]:

@@ -23,14 +23,14 @@ from prefect.states import Completed, to_state_create
 
 from stablenew.history import SqliteHistoryStore
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.deployments import (
+from stablenew.orchestration.server.embedded import Stack
+from stablenew.orchestration.services.deployments import (
     RENDER_DEPLOYMENT,
     RENDER_FLOW_NAME,
     apply,
     read_specs,
 )
-from stablenew.orchestration.embedded import Stack
-from stablenew.orchestration.exporter import SyncStats, sync
+from stablenew.orchestration.services.exporter import SyncStats, sync
 from stablenew.records import NormalizedJobRecord, StageSpec
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from overhead import bench_stack, follow_until_terminal, records
 
-from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.services.jobs import JobService
 from stablenew.ordering import model_switches
 
 MODELS = ["v1-5-pruned-emaonly", "dreamshaper_8", "sd_xl_base_1.0"]

@@ -43,10 +43,10 @@ import httpx
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.deployments import apply, read_specs
-from stablenew.orchestration.embedded import Stack, client_env
-from stablenew.orchestration.jobs import JobService
-from stablenew.orchestration.monitor import follow
+from stablenew.orchestration.server.embedded import Stack, client_env
+from stablenew.orchestration.services.deployments import apply, read_specs
+from stablenew.orchestration.services.jobs import JobService
+from stablenew.orchestration.services.monitor import follow
 from stablenew.records import NormalizedJobRecord, StageSpec
 
 T = TypeVar("T")

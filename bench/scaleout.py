@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from bench.overhead import cpu_seconds, records
-from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.services.jobs import JobService
 from stablenew.settings import WorkerSettings
 from tests.orchestration.faults import (
     FaultLab,

@@ -51,10 +51,10 @@ def main() -> None:
     from stablenew.builder import build_jobs
     from stablenew.gallery import refresh_pack, serving
     from stablenew.orchestration._prefect import prefect_client
-    from stablenew.orchestration.artifacts import apublish_pack_artifact
-    from stablenew.orchestration.deployments import apply
-    from stablenew.orchestration.embedded import Stack
-    from stablenew.orchestration.jobs import JobService
+    from stablenew.orchestration.server.embedded import Stack
+    from stablenew.orchestration.services.artifacts import apublish_pack_artifact
+    from stablenew.orchestration.services.deployments import apply
+    from stablenew.orchestration.services.jobs import JobService
     from stablenew.packs import load_pack
     from stablenew.settings import get_settings
 

@@ -26,9 +26,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.deployments import apply, read_specs
-from stablenew.orchestration.embedded import Stack
-from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.server.embedded import Stack
+from stablenew.orchestration.services.deployments import apply, read_specs
+from stablenew.orchestration.services.jobs import JobService
 
 
 async def rounds(args: argparse.Namespace, server_pid: int) -> list[dict[str, Any]]:

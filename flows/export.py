@@ -9,7 +9,7 @@ from prefect.artifacts import acreate_table_artifact
 
 from stablenew.history import open_store
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.exporter import safe_sync
+from stablenew.orchestration.services.exporter import safe_sync
 from stablenew.settings import get_settings
 
 

@@ -10,15 +10,15 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
 from stablenew.errors import WebUIInterrupted
-from stablenew.orchestration import cancellation
-from stablenew.orchestration.artifacts import apublish_run_artifacts
-from stablenew.orchestration.render import (
+from stablenew.orchestration.services.artifacts import apublish_run_artifacts
+from stablenew.orchestration.worker import cancellation
+from stablenew.orchestration.worker.render import (
     OutageClock,
     render_with_retries,
     wait_for_webui,
     write_outputs,
 )
-from stablenew.orchestration.run_notes import PrefectRunNotes
+from stablenew.orchestration.worker.run_notes import PrefectRunNotes
 from stablenew.outputs import RunStamp
 from stablenew.records import NormalizedJobRecord
 from stablenew.settings import get_settings
@@ -31,7 +31,7 @@ async def render_job(record: NormalizedJobRecord) -> list[dict[str, Any]] | Stat
     Everything is a plain call, no Prefect task: a task run costs the server ~50 ms of CPU
     per job, and one left RUNNING by a worker that died would stand in the way of the run
     being run again. The WebUI work retries transient faults of the job itself and waits out
-    a WebUI that went away (``stablenew.orchestration.render``); each wait and retry is
+    a WebUI that went away (``stablenew.orchestration.worker.render``); each wait and retry is
     logged on the run, and a wait shows as its state ``Waiting for WebUI``.
     """
     logger = get_run_logger()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.tasks import build_jobs_task
-from stablenew.orchestration.jobs import JobService
-from stablenew.orchestration.pool import Priority
+from stablenew.orchestration.services.jobs import JobService
+from stablenew.orchestration.services.pool import Priority
 from stablenew.settings import get_settings
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 
 from stablenew.builder import build_jobs
-from stablenew.orchestration.deployments import project_root
+from stablenew.orchestration.services.deployments import project_root
 from stablenew.packs import load_pack
 from stablenew.records import NormalizedJobRecord
 from stablenew.settings import get_settings

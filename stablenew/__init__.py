@@ -36,26 +36,26 @@ from stablenew.settings import Settings, get_settings, load_settings
 from stablenew.webui import JobResult, WebUIClient, run_stages
 
 if TYPE_CHECKING:
-    from stablenew.orchestration.history_service import (
+    from stablenew.orchestration.services.history_service import (
         Explanation,
         JobDetail,
         JobHistoryService,
         JobView,
         RunView,
     )
-    from stablenew.orchestration.jobs import JobService
-    from stablenew.orchestration.queue_view import JobRef, QueueState
+    from stablenew.orchestration.services.jobs import JobService
+    from stablenew.orchestration.services.queue_view import JobRef, QueueState
 
 # The orchestration layer imports Prefect (~2 s); load it only when one of these is used.
 _LAZY = {
-    "JobService": "stablenew.orchestration.jobs",
-    "JobRef": "stablenew.orchestration.queue_view",
-    "QueueState": "stablenew.orchestration.queue_view",
-    "JobHistoryService": "stablenew.orchestration.history_service",
-    "JobView": "stablenew.orchestration.history_service",
-    "JobDetail": "stablenew.orchestration.history_service",
-    "RunView": "stablenew.orchestration.history_service",
-    "Explanation": "stablenew.orchestration.history_service",
+    "JobService": "stablenew.orchestration.services.jobs",
+    "JobRef": "stablenew.orchestration.services.queue_view",
+    "QueueState": "stablenew.orchestration.services.queue_view",
+    "JobHistoryService": "stablenew.orchestration.services.history_service",
+    "JobView": "stablenew.orchestration.services.history_service",
+    "JobDetail": "stablenew.orchestration.services.history_service",
+    "RunView": "stablenew.orchestration.services.history_service",
+    "Explanation": "stablenew.orchestration.services.history_service",
 }
 
 

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from prefect.client.schemas.objects import StateType
 
-from stablenew.orchestration.embedded import STATE_FILE, marked_groups
+from stablenew.orchestration.server.embedded import STATE_FILE, marked_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 

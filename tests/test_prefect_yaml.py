@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prefect.flows import Flow, load_flow_from_entrypoint
 
-from stablenew.orchestration.deployments import project_root, read_specs
+from stablenew.orchestration.services.deployments import project_root, read_specs
 
 
 def test_every_entrypoint_loads_a_flow() -> None:

@@ -16,8 +16,8 @@ from prefect.client.schemas.objects import FlowRun
 
 from stablenew.cli._output import console
 from stablenew.cli._progress import summarize
-from stablenew.orchestration.jobs import JobService
-from stablenew.orchestration.queue_view import JobRef
+from stablenew.orchestration.services.jobs import JobService
+from stablenew.orchestration.services.queue_view import JobRef
 
 if TYPE_CHECKING:
     from stablenew.cli.stack import Target
@@ -34,7 +34,7 @@ async def settle_after_interrupt(
     quiet: bool,
 ) -> dict[str, Any]:
     """Cancel or keep this run's unfinished jobs; returns the summary as it then stands."""
-    from stablenew.orchestration.monitor import follow
+    from stablenew.orchestration.services.monitor import follow
 
     def say(message: str) -> None:
         if not quiet:

@@ -18,7 +18,7 @@ def check_pack_names(
     it has). A WebUI that does not answer only warns: jobs may wait for it in the queue."""
     if not webui_url:
         return
-    from stablenew.orchestration.webui_access import inventory_at
+    from stablenew.orchestration.worker.webui_access import inventory_at
     from stablenew.webui.preflight import check_names
 
     try:

@@ -16,7 +16,7 @@ SUFFIXES = (".yaml", ".yml")
 
 def pack_dirs() -> list[Path]:
     """Where pack names are looked up, in order."""
-    from stablenew.orchestration.deployments import project_root
+    from stablenew.orchestration.services.deployments import project_root
 
     return [get_settings().home / "packs", project_root() / "configs" / "packs"]
 

@@ -21,8 +21,8 @@ from rich.table import Table
 
 from stablenew.cli._output import console
 from stablenew.lifecycle import JobStatus
-from stablenew.orchestration.monitor import follow
-from stablenew.orchestration.queue_view import JobRef
+from stablenew.orchestration.services.monitor import follow
+from stablenew.orchestration.services.queue_view import JobRef
 
 
 async def _webui_steps(client: httpx.AsyncClient, webui_url: str) -> tuple[int, int] | None:

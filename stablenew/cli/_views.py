@@ -58,7 +58,7 @@ class PackViews:
         page = await self._safely_rebuild()
         if page is None:
             return None
-        from stablenew.orchestration.artifacts import apublish_pack_artifact
+        from stablenew.orchestration.services.artifacts import apublish_pack_artifact
 
         try:
             await apublish_pack_artifact(

@@ -21,7 +21,7 @@ from stablenew.history import SqliteHistoryStore, open_store
 from stablenew.settings import get_settings
 
 if TYPE_CHECKING:
-    from stablenew.orchestration.history_service import JobView, RunView
+    from stablenew.orchestration.services.history_service import JobView, RunView
 
 history_app = typer.Typer(help="The job history: list, show, export, sync, prune.")
 
@@ -41,7 +41,7 @@ def _store() -> SqliteHistoryStore:
 @contextmanager
 def _current_store() -> Iterator[SqliteHistoryStore]:
     """The store, brought up to date from Prefect first where a server is reachable."""
-    from stablenew.orchestration.history_service import JobHistoryService
+    from stablenew.orchestration.services.history_service import JobHistoryService
 
     with _store() as store:
         JobHistoryService(store).refresh()
@@ -116,7 +116,7 @@ def ls(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Recent jobs, newest first, filtered and paged."""
-    from stablenew.orchestration.history_service import view_from_row
+    from stablenew.orchestration.services.history_service import view_from_row
 
     with _current_store() as store:
         filters = _filters(status, pack, model, since, until, text, rated, fav)
@@ -182,7 +182,7 @@ def show(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """One job: status, times, summary, outputs, last error, and each of its runs."""
-    from stablenew.orchestration.history_service import JobHistoryService
+    from stablenew.orchestration.services.history_service import JobHistoryService
 
     with _store() as store:
         detail = JobHistoryService(store).get(job_id)
@@ -249,7 +249,7 @@ def explain(
 ) -> None:
     """Everything about a job: record, prompt provenance, the timeline of one run, its other
     runs, and the exact WebUI request."""
-    from stablenew.orchestration.history_service import JobHistoryService
+    from stablenew.orchestration.services.history_service import JobHistoryService
 
     with _store() as store:
         info = JobHistoryService(store).explain(job_id, run=run)
@@ -340,7 +340,7 @@ def export(
 def sync(json_out: bool = typer.Option(False, "--json")) -> None:
     """Copy new runs and state changes from Prefect into the history (incremental)."""
     from stablenew.orchestration._prefect import check_reachable, prefect_client
-    from stablenew.orchestration.exporter import sync as run_sync
+    from stablenew.orchestration.services.exporter import sync as run_sync
 
     settings = get_settings()
 

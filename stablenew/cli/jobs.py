@@ -25,7 +25,7 @@ from stablenew.cli._output import (
     print_json,
 )
 from stablenew.cli._pack_arg import PACK_HELP, pack_argument
-from stablenew.orchestration.pool import PRIORITIES, check_priority
+from stablenew.orchestration.services.pool import PRIORITIES, check_priority
 from stablenew.redact import redact_text
 from stablenew.settings import get_settings
 
@@ -46,7 +46,7 @@ def register(root: typer.Typer) -> None:
 
 
 def _service() -> Any:
-    from stablenew.orchestration.jobs import JobService
+    from stablenew.orchestration.services.jobs import JobService
 
     return JobService(pool=get_settings().work_pool)
 
@@ -81,7 +81,7 @@ def submit(
     """Build PACK and queue its jobs (all or nothing). Needs PREFECT_API_URL or `stablenew up`."""
     from stablenew.builder import build_jobs
     from stablenew.cli._names import check_pack_names
-    from stablenew.orchestration.locate import cached_prefect
+    from stablenew.orchestration.server.locate import cached_prefect
     from stablenew.packs import load_pack
 
     prio = check_priority(priority)
@@ -177,7 +177,7 @@ def rerun(
     from stablenew.cli.stack import record_submitted
 
     async def go() -> tuple[Any, dict[str, Any] | None]:
-        from stablenew.orchestration.queue_view import job_ref
+        from stablenew.orchestration.services.queue_view import job_ref
 
         run = await _service().arerun(full, seed=choice, priority=prio)
         await record_submitted(get_settings(), [run])
@@ -199,7 +199,7 @@ def rerun(
 
     run, summary = asyncio.run(go())
     if json_out:
-        from stablenew.orchestration.queue_view import job_ref
+        from stablenew.orchestration.services.queue_view import job_ref
 
         print_json({"run": job_ref(run).model_dump(mode="json"), "parent_job_id": full,
                     "summary": summary})  # fmt: skip
@@ -345,7 +345,7 @@ def edit(
     """Edit a queued job's settings. Checked as the builder checks a pack (same messages and
     limits); the edited job has a new id naming the old one as parent and takes its place.
     Running or finished jobs cannot be edited (exit 2)."""
-    from stablenew.orchestration.record_edit import parse_assignments
+    from stablenew.orchestration.services.record_edit import parse_assignments
 
     changes = parse_assignments(assignments)
     full = _full_job_id(job_id)

@@ -13,7 +13,7 @@ from stablenew.cli.history import rating_text
 
 if TYPE_CHECKING:
     from stablenew.history.learn import LearnReport, ValueStats
-    from stablenew.orchestration.history_service import JobHistoryService
+    from stablenew.orchestration.services.history_service import JobHistoryService
 
 JOB_HELP = "Job id, or any unique start of it."
 
@@ -25,7 +25,7 @@ def register(root: typer.Typer) -> None:
 
 
 def _service(store: Any) -> JobHistoryService:
-    from stablenew.orchestration.history_service import JobHistoryService
+    from stablenew.orchestration.services.history_service import JobHistoryService
 
     return JobHistoryService(store)
 

@@ -23,14 +23,14 @@ from stablenew.cli._output import (
 )
 from stablenew.cli._pack_arg import PACK_HELP, pack_argument
 from stablenew.errors import StableNewError
-from stablenew.orchestration.pool import PRIORITIES, check_priority
+from stablenew.orchestration.services.pool import PRIORITIES, check_priority
 from stablenew.redact import redact_url
 from stablenew.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
-    from stablenew.orchestration.embedded import Stack
+    from stablenew.orchestration.server.embedded import Stack
 
 
 def register(root: typer.Typer) -> None:
@@ -60,8 +60,12 @@ def embedded_target(settings: Settings, *, keep: bool, quiet: bool = False) -> I
     this call starts is stopped on exit unless ``keep``.
     """
     from stablenew.errors import PrefectUnavailable
-    from stablenew.orchestration.embedded import Stack
-    from stablenew.orchestration.locate import explicit_api_url, forget_located, locate_prefect
+    from stablenew.orchestration.server.embedded import Stack
+    from stablenew.orchestration.server.locate import (
+        explicit_api_url,
+        forget_located,
+        locate_prefect,
+    )
 
     home = settings.home
     home.mkdir(parents=True, exist_ok=True)
@@ -117,7 +121,7 @@ def prefect_at(url: str) -> Iterator[None]:
 def configured_prefect() -> Iterator[str]:
     """The Prefect server every entry point uses (``locate``), else a clear error; never
     Prefect's silent temporary server, which would show an empty queue."""
-    from stablenew.orchestration.locate import locate_prefect
+    from stablenew.orchestration.server.locate import locate_prefect
 
     url = locate_prefect(get_settings().home).api_url
     with prefect_at(url):
@@ -128,7 +132,7 @@ async def sync_history(settings: Settings) -> str | None:
     """Export what just ran; a history failure is reported, never fails the run."""
     from stablenew.history import open_store
     from stablenew.orchestration._prefect import prefect_client
-    from stablenew.orchestration.exporter import safe_sync
+    from stablenew.orchestration.services.exporter import safe_sync
 
     try:
         with open_store(settings.resolved_history_url) as store:
@@ -145,7 +149,7 @@ async def record_submitted(settings: Settings, runs: Sequence[FlowRun]) -> None:
     before the next sync; a history failure is reported, never fails the submission."""
     from stablenew.history import open_store
     from stablenew.orchestration._prefect import prefect_client
-    from stablenew.orchestration.exporter import record_runs
+    from stablenew.orchestration.services.exporter import record_runs
 
     try:
         with open_store(settings.resolved_history_url) as store:
@@ -157,7 +161,7 @@ async def record_submitted(settings: Settings, runs: Sequence[FlowRun]) -> None:
 
 async def _apply(pool: str) -> dict[str, Any]:
     from stablenew.orchestration._prefect import check_reachable, prefect_client
-    from stablenew.orchestration.deployments import apply
+    from stablenew.orchestration.services.deployments import apply
 
     async with prefect_client() as client:
         await check_reachable(client)
@@ -191,7 +195,7 @@ def run(
     from stablenew.cli._names import check_pack_names
     from stablenew.cli._progress import watch_jobs
     from stablenew.cli._views import PackViews
-    from stablenew.orchestration.jobs import JobService
+    from stablenew.orchestration.services.jobs import JobService
     from stablenew.packs import load_pack
 
     prio = check_priority(priority)
@@ -315,7 +319,7 @@ def up(
 def down() -> None:
     """Stop the embedded stack of this data dir: what `up` or `run --keep` started, and any
     other process started for it (found even when its state file is gone)."""
-    from stablenew.orchestration.embedded import Stack
+    from stablenew.orchestration.server.embedded import Stack
 
     home = get_settings().home
     stack = Stack.load(home) or Stack(home=home)

@@ -63,9 +63,9 @@ def worker(
         temporary_settings,
     )
 
-    from stablenew.orchestration.deployments import CONTROL_POOL
-    from stablenew.orchestration.webui_access import webui_client
-    from stablenew.orchestration.worker import RecoveryPolicy, StableNewWorker
+    from stablenew.orchestration.services.deployments import CONTROL_POOL
+    from stablenew.orchestration.worker.gpu_worker import RecoveryPolicy, StableNewWorker
+    from stablenew.orchestration.worker.webui_access import webui_client
     from stablenew.settings import get_settings
 
     # Prefect configures only its own loggers; ours (GPU gate, holds) go to the same stream.
@@ -117,8 +117,8 @@ def worker(
     # this cold start together and reach the GPU gate in arbitrary order.
     from prefect.flows import load_flow_from_entrypoint
 
-    from stablenew.orchestration import engine_patches
-    from stablenew.orchestration.deployments import project_root
+    from stablenew.orchestration.services.deployments import project_root
+    from stablenew.orchestration.worker import engine_patches
 
     engine_patches.install()
 

@@ -1,6 +1,6 @@
 """The Prefect boundary: one place that opens clients and translates connection failures.
 
-Every client is opened against the server :mod:`stablenew.orchestration.locate` finds, never
+Every client is opened against the server :mod:`stablenew.orchestration.server.locate` finds, never
 against Prefect's temporary server.
 """
 
@@ -22,7 +22,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from stablenew.errors import PrefectUnavailable
-from stablenew.orchestration.locate import cached_prefect
+from stablenew.orchestration.server.locate import cached_prefect
 from stablenew.settings import get_settings
 
 PAGE = 200  # the server refuses larger pages

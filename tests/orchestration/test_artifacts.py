@@ -24,8 +24,8 @@ from stablenew.builder import build_jobs
 from stablenew.gallery import GalleryServer, refresh_pack, serving
 from stablenew.lifecycle import JobStatus
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.artifacts import apublish_pack_artifact, pack_artifact_key
-from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.services.artifacts import apublish_pack_artifact, pack_artifact_key
+from stablenew.orchestration.services.jobs import JobService
 from stablenew.packs import load_pack
 from tests.gallery.conftest import pack_file
 from tests.orchestration.conftest import LiveStack, wait_for

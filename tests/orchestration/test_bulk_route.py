@@ -1,4 +1,4 @@
-"""The embedded server's bulk route (stablenew.orchestration.bulk_route) against Prefect's own.
+"""The embedded server's bulk route (``orchestration.server.bulk_route``) against Prefect's own.
 
 Both routes get the same request on the live server; the runs, their first states and their
 ``prefect.flow-run.Scheduled`` events must match field for field, apart from what is unique
@@ -20,11 +20,11 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempoten
 from prefect.states import Running, Scheduled, to_state_create
 
 from stablenew.lifecycle import JobStatus
-from stablenew.orchestration import submission
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.bulk_route import LIMIT
-from stablenew.orchestration.jobs import JobService
-from stablenew.orchestration.submission import FAST_ROUTE, PREFECT_ROUTE, run_tags
+from stablenew.orchestration.server.bulk_route import LIMIT
+from stablenew.orchestration.services import submission
+from stablenew.orchestration.services.jobs import JobService
+from stablenew.orchestration.services.submission import FAST_ROUTE, PREFECT_ROUTE, run_tags
 from tests.orchestration.conftest import LiveStack, make_record
 
 pytestmark = pytest.mark.slow

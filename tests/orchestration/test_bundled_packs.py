@@ -15,8 +15,8 @@ import pytest
 
 from stablenew.builder import build_jobs
 from stablenew.lifecycle import JobStatus
-from stablenew.orchestration.jobs import JobService
-from stablenew.orchestration.queue_view import JobRef
+from stablenew.orchestration.services.jobs import JobService
+from stablenew.orchestration.services.queue_view import JobRef
 from stablenew.packs import load_pack
 from tests.orchestration.conftest import LiveStack, wait_for
 

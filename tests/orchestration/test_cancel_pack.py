@@ -29,11 +29,11 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.states import Cancelled, Cancelling, Pending, Running
 
 from stablenew.lifecycle import JobStatus
-from stablenew.orchestration import bulk_cancel
 from stablenew.orchestration._prefect import prefect_client, read_runs_by_id
-from stablenew.orchestration.embedded import _python, client_env, free_port, healthy
-from stablenew.orchestration.jobs import JobService
-from stablenew.orchestration.queue_view import ACTIVE, pool_runs
+from stablenew.orchestration.server.embedded import _python, client_env, free_port, healthy
+from stablenew.orchestration.services import bulk_cancel
+from stablenew.orchestration.services.jobs import JobService
+from stablenew.orchestration.services.queue_view import ACTIVE, pool_runs
 from tests.orchestration.conftest import LiveStack, make_record, wait_for
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Guards of stablenew/orchestration/engine_patches.py (and of the worker's job configuration,
+"""Guards of ``orchestration/worker/engine_patches.py`` (and of the worker's job configuration,
 which skips Prefect's per-run settings dump): each fails when a Prefect upgrade
 moves what a patch replaces (the patch would then silently do nothing), and each patch is
 shown to do what it says. Installed here under monkeypatch, so the rest of the suite runs
@@ -19,8 +19,8 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.workers.base import BaseJobConfiguration
 
-from stablenew.orchestration import engine_patches
-from stablenew.orchestration.worker import StableNewJobConfiguration
+from stablenew.orchestration.worker import engine_patches
+from stablenew.orchestration.worker.gpu_worker import StableNewJobConfiguration
 
 API = "http://127.0.0.1:9/api"  # never contacted: clients are only built
 

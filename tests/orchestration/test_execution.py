@@ -19,9 +19,9 @@ from prefect.states import Cancelled, Pending, Running
 
 from stablenew.errors import SubmissionError
 from stablenew.lifecycle import JobStatus
-from stablenew.orchestration import bulk_cancel
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.services import bulk_cancel
+from stablenew.orchestration.services.jobs import JobService
 from tests.orchestration.conftest import LiveStack, make_record, wait_for
 
 pytestmark = pytest.mark.slow

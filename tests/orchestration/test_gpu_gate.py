@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from stablenew.errors import WebUIInterrupted
-from stablenew.orchestration import cancellation, gpu_gate
-from stablenew.orchestration.gpu_gate import GateCancelled, GpuGate
+from stablenew.orchestration.worker import cancellation, gpu_gate
+from stablenew.orchestration.worker.gpu_gate import GateCancelled, GpuGate
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

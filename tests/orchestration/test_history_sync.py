@@ -16,9 +16,9 @@ from stablenew.cli.app import app
 from stablenew.history import SqliteHistoryStore
 from stablenew.lifecycle import JobStatus
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.exporter import SyncStats, sync
-from stablenew.orchestration.history_service import JobHistoryService
-from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.services.exporter import SyncStats, sync
+from stablenew.orchestration.services.history_service import JobHistoryService
+from stablenew.orchestration.services.jobs import JobService
 from stablenew.records import NormalizedJobRecord
 from tests.orchestration.conftest import LiveStack, make_record, wait_for
 
@@ -151,7 +151,7 @@ def test_export_history_flow_syncs_and_publishes(
 def test_history_write_failure_is_logged_not_raised(
     live: LiveStack, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from stablenew.orchestration.exporter import safe_sync
+    from stablenew.orchestration.services.exporter import safe_sync
 
     db = tmp_path / "ro.db"
     SqliteHistoryStore(db).close()  # create and migrate it

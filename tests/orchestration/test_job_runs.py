@@ -14,8 +14,8 @@ from prefect.states import Scheduled
 from stablenew.history import SqliteHistoryStore
 from stablenew.lifecycle import JobStatus
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.exporter import sync
-from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.services.exporter import sync
+from stablenew.orchestration.services.jobs import JobService
 from tests.orchestration.conftest import LiveStack, make_record, wait_for
 
 pytestmark = pytest.mark.slow
@@ -113,7 +113,7 @@ def test_prefect_retry_of_a_failed_run_is_a_new_attempt(live: LiveStack, tmp_pat
 
 
 def test_reads_are_current_without_a_manual_sync(live: LiveStack, tmp_path: Path) -> None:
-    from stablenew.orchestration.history_service import JobHistoryService
+    from stablenew.orchestration.services.history_service import JobHistoryService
 
     service = JobService()
     rec = make_record("read me at once")
@@ -140,7 +140,7 @@ def test_a_run_scheduled_for_later_does_not_hide_newer_ones(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from stablenew.orchestration.deployments import RENDER_DEPLOYMENT, RENDER_FLOW_NAME
+    from stablenew.orchestration.services.deployments import RENDER_DEPLOYMENT, RENDER_FLOW_NAME
 
     later = make_record("tomorrow, maybe")
 

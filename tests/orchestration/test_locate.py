@@ -11,7 +11,7 @@ import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from stablenew import JobService, PrefectUnavailable
-from stablenew.orchestration.locate import forget_located, locate_prefect, same_api
+from stablenew.orchestration.server.locate import forget_located, locate_prefect, same_api
 from stablenew.settings import get_settings
 from tests.orchestration.conftest import LiveStack
 

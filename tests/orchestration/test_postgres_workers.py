@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.services.jobs import JobService
 from tests.orchestration.conftest import make_record
 from tests.orchestration.faults import (
     FaultLab,

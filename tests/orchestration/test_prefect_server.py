@@ -3,7 +3,7 @@ a locked database answers 503 with a short Retry-After.
 
 Left open, the cursor is freed later by the garbage collector on the event loop's thread,
 where it can block on the connection's mutex for SQLite's whole busy timeout (60 s in
-Prefect); see stablenew/orchestration/prefect_server.py.
+Prefect); see stablenew/orchestration/server/prefect_server.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.requests import Request
 
-from stablenew.orchestration import prefect_server
+from stablenew.orchestration.server import prefect_server
 
 
 def _cursors_closed_by_a_failing_statement(db: Path, monkeypatch: pytest.MonkeyPatch) -> int:

@@ -16,9 +16,9 @@ from stablenew import JobService
 from stablenew.cli.app import app
 from stablenew.errors import JobNotQueued, PackError
 from stablenew.lifecycle import JobStatus
-from stablenew.orchestration import queue_control
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.submission import Lineage
+from stablenew.orchestration.services import queue_control
+from stablenew.orchestration.services.submission import Lineage
 from tests.orchestration.conftest import LiveStack, make_record, wait_for
 
 pytestmark = pytest.mark.slow

@@ -16,11 +16,11 @@ from stablenew.cli.app import app
 from stablenew.history import SqliteHistoryStore
 from stablenew.lifecycle import JobStatus
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.history_service import JobHistoryService
-from stablenew.orchestration.jobs import JobService
-from stablenew.orchestration.queue_view import QueueState
-from stablenew.orchestration.worker import StableNewWorker
-from stablenew.orchestration.worker_state import (
+from stablenew.orchestration.services.history_service import JobHistoryService
+from stablenew.orchestration.services.jobs import JobService
+from stablenew.orchestration.services.queue_view import QueueState
+from stablenew.orchestration.worker.gpu_worker import StableNewWorker
+from stablenew.orchestration.worker.worker_state import (
     gpu_variable_name,
     hold_variable_name,
     online_workers,

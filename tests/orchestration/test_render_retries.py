@@ -10,9 +10,9 @@ import time
 import pytest
 
 from stablenew.errors import WebUIInterrupted, WebUIServerError, WebUIUnreachable
-from stablenew.orchestration import render
-from stablenew.orchestration.embedded import free_port
-from stablenew.orchestration.render import OutageClock, render_with_retries, wait_for_webui
+from stablenew.orchestration.server.embedded import free_port
+from stablenew.orchestration.worker import render
+from stablenew.orchestration.worker.render import OutageClock, render_with_retries, wait_for_webui
 from stablenew.webui.simulator import SimConfig, SimServer, TimingConfig
 from tests.webui.conftest import Control, make_record
 

@@ -9,7 +9,7 @@ import asyncio
 from stablenew import JobService
 from stablenew.lifecycle import JobStatus
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.submission import Lineage
+from stablenew.orchestration.services.submission import Lineage
 from tests.orchestration.conftest import LiveStack, make_record, wait_for
 
 

@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 
 from stablenew.cli.app import app
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.embedded import Stack, _python, free_port, healthy
-from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.server.embedded import Stack, _python, free_port, healthy
+from stablenew.orchestration.services.jobs import JobService
 from stablenew.settings import get_settings
 from tests.orchestration.conftest import make_record, wait_for
 
@@ -57,7 +57,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str
         # Its A1111 routes want the credentials; its control routes do not.
         wait_for(lambda: healthy(f"{plain}/stablenew-sim/v1/stats"), timeout=60, what="the sim")
         with temporary_settings(updates={PREFECT_API_URL: stack.prefect_url}):
-            from stablenew.orchestration.deployments import apply
+            from stablenew.orchestration.services.deployments import apply
 
             async def deploy() -> None:
                 async with prefect_client() as client:

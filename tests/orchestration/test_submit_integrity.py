@@ -11,7 +11,7 @@ import pytest
 
 from stablenew.errors import InvalidRecords, JobNotFound, SubmissionError
 from stablenew.lifecycle import JobStatus
-from stablenew.orchestration.jobs import JobService
+from stablenew.orchestration.services.jobs import JobService
 from stablenew.outputs import job_dir
 from stablenew.records import NormalizedJobRecord, compute_job_id
 from tests.orchestration.conftest import LiveStack, make_record, wait_for
@@ -77,7 +77,7 @@ def test_a_submission_interrupted_between_chunks_rolls_back_and_stays_a_cancella
 
     from prefect.client.schemas.objects import StateType
 
-    from stablenew.orchestration.submission import BULK
+    from stablenew.orchestration.services.submission import BULK
     from tests.orchestration.faults import runs_of
 
     service = JobService()

@@ -30,9 +30,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from stablenew.lifecycle import JobStatus
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.embedded import Stack, free_port, healthy
-from stablenew.orchestration.jobs import JobService
-from stablenew.orchestration.tags import WAITED
+from stablenew.orchestration.server.embedded import Stack, free_port, healthy
+from stablenew.orchestration.services.jobs import JobService
+from stablenew.orchestration.services.tags import WAITED
 from tests.orchestration.conftest import make_record, wait_for
 
 pytestmark = pytest.mark.slow
@@ -110,7 +110,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
         stack.webui_url = sim.url
         assert stack.prefect_url
         with temporary_settings(updates={PREFECT_API_URL: stack.prefect_url}):
-            from stablenew.orchestration.deployments import apply
+            from stablenew.orchestration.services.deployments import apply
 
             async def deploy() -> None:
                 async with prefect_client() as client:

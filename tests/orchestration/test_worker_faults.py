@@ -21,11 +21,11 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from stablenew.history import SqliteHistoryStore
 from stablenew.lifecycle import JobStatus
-from stablenew.orchestration import cancellation
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.exporter import sync
-from stablenew.orchestration.jobs import JobService
-from stablenew.orchestration.submission import Lineage
+from stablenew.orchestration.services.exporter import sync
+from stablenew.orchestration.services.jobs import JobService
+from stablenew.orchestration.services.submission import Lineage
+from stablenew.orchestration.worker import cancellation
 from tests.orchestration.conftest import make_record
 from tests.orchestration.faults import (
     FaultLab,
@@ -60,7 +60,7 @@ def submit(pack: str, jobs: int) -> list[str]:
 
 def claimed_by(pack: str, worker: str) -> int:
     """Runs of the pack ``worker`` holds (claimed: PENDING or RUNNING)."""
-    from stablenew.orchestration.recovery import claimant
+    from stablenew.orchestration.worker.recovery import claimant
 
     return sum(1 for r in runs_of(pack) if claimant(r) == worker)
 
@@ -215,8 +215,8 @@ def test_two_recovering_parties_rerun_a_job_once(api: FaultLab) -> None:
     """Both see the same dead worker at once: one CRASHED run, one re-run, one requeue."""
     from prefect.states import Pending, Running
 
-    from stablenew.orchestration.recovery import claim_message, recover_worker
-    from stablenew.orchestration.worker_state import publish_gpu_holder
+    from stablenew.orchestration.worker.recovery import claim_message, recover_worker
+    from stablenew.orchestration.worker.worker_state import publish_gpu_holder
 
     pack = "two-parties"
     generating, staged = JobService().submit(
@@ -268,9 +268,9 @@ def test_after_an_outage_a_worker_puts_right_the_runs_it_lost_track_of(
     once the API answers; the pool's recovery would never touch it (its worker is alive)."""
     from prefect.states import Pending, Running
 
-    from stablenew.orchestration import worker as worker_module
-    from stablenew.orchestration.recovery import claim_message
-    from stablenew.orchestration.worker import RecoveryPolicy, StableNewWorker
+    from stablenew.orchestration.worker import gpu_worker as worker_module
+    from stablenew.orchestration.worker.gpu_worker import RecoveryPolicy, StableNewWorker
+    from stablenew.orchestration.worker.recovery import claim_message
 
     monkeypatch.setattr(worker_module, "ORPHAN_MIN_AGE_SECONDS", 0.0)
     pack = "lost-touch"
@@ -311,7 +311,7 @@ def test_a_live_worker_judged_dead_lets_go_of_what_the_pool_took_back(api: Fault
     pool crashed its generating run and requeued the two staged at its GPU gate. It must not
     write over the CRASHED run nor run the requeued ones as well as whoever claims them; it
     once got the GPU for one of them after another worker had completed it and wrote FAILED."""
-    from stablenew.orchestration.recovery import active_runs, claimant, recover_worker
+    from stablenew.orchestration.worker.recovery import active_runs, claimant, recover_worker
     from stablenew.settings import get_settings
 
     slow = api.start_sim(seconds_per_image=10.0)
@@ -402,8 +402,8 @@ def test_a_run_started_elsewhere_between_two_looks_is_not_generated_here(api: Fa
     here is cut short."""
     from prefect.states import Cancelled, Running
 
-    from stablenew.orchestration.recovery import WORKER_LABEL, claimant
-    from stablenew.orchestration.worker_state import read_gpu_handover
+    from stablenew.orchestration.worker.recovery import WORKER_LABEL, claimant
+    from stablenew.orchestration.worker.worker_state import read_gpu_handover
 
     sim = api.start_sim(seconds_per_image=3.0)
     pack = "started-elsewhere"
@@ -457,8 +457,8 @@ def test_a_worker_still_handing_out_its_gpu_is_not_recovered(api: FaultLab) -> N
     Once the hand-overs stop too, it is recovered."""
     from prefect.states import Pending, Running
 
-    from stablenew.orchestration.recovery import claim_message, claimant, scan
-    from stablenew.orchestration.worker_state import publish_gpu_holder
+    from stablenew.orchestration.worker.recovery import claim_message, claimant, scan
+    from stablenew.orchestration.worker.worker_state import publish_gpu_holder
     from stablenew.settings import get_settings
 
     pack = "silent-but-busy"

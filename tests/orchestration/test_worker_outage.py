@@ -14,7 +14,7 @@ import logging
 import httpx
 import pytest
 
-from stablenew.orchestration.worker import StableNewWorker, api_unavailable
+from stablenew.orchestration.worker.gpu_worker import StableNewWorker, api_unavailable
 
 REQUEST = httpx.Request("GET", "http://127.0.0.1:9/api/work_pools/p")
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from stablenew.orchestration import gpu_gate, scheduled_runs
-from stablenew.orchestration import worker as worker_module
-from stablenew.orchestration.jobs import JobService
-from stablenew.orchestration.worker import StableNewWorker
+from stablenew.orchestration.services.jobs import JobService
+from stablenew.orchestration.worker import gpu_gate, scheduled_runs
+from stablenew.orchestration.worker import gpu_worker as worker_module
+from stablenew.orchestration.worker.gpu_worker import StableNewWorker
 from tests.orchestration.conftest import LiveStack, make_record
 
 pytestmark = pytest.mark.slow

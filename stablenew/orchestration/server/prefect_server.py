@@ -1,6 +1,6 @@
 """Run Prefect's own server (``prefect server start ...``) with two fixes for SQLite stalls.
 
-    python -m stablenew.orchestration.prefect_server server start --host 127.0.0.1 --port N
+    python -m stablenew.orchestration.server.prefect_server server start --host 127.0.0.1 --port N
 
 The embedded stack starts its server this way. The arguments are Prefect's CLI, unchanged.
 The two fixes: cursors are closed when a statement fails (below), and a 503 for a locked
@@ -132,11 +132,11 @@ def retry_soon_when_locked() -> None:
 
 
 def add_our_routes() -> None:
-    """Serve :mod:`stablenew.orchestration.bulk_route` and
-    :mod:`stablenew.orchestration.cancel_route` beside Prefect's own routes."""
+    """Serve :mod:`stablenew.orchestration.server.bulk_route` and
+    :mod:`stablenew.orchestration.server.cancel_route` beside Prefect's own routes."""
     from prefect.server.api import server as api_server
 
-    from stablenew.orchestration import bulk_route, cancel_route
+    from stablenew.orchestration.server import bulk_route, cancel_route
 
     # create_api_app() includes every router of this tuple when it builds the app.
     api_server.API_ROUTERS = (  # type: ignore[assignment]

@@ -54,9 +54,14 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Crashed, Scheduled
 
-from stablenew.orchestration import tags
-from stablenew.orchestration.submission import LINEAGE_KEY, MAX_RESUBMITS, Lineage, run_tags
-from stablenew.orchestration.worker_state import read_gpu_handover
+from stablenew.orchestration.services import tags
+from stablenew.orchestration.services.submission import (
+    LINEAGE_KEY,
+    MAX_RESUBMITS,
+    Lineage,
+    run_tags,
+)
+from stablenew.orchestration.worker.worker_state import read_gpu_handover
 from stablenew.records import NormalizedJobRecord
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]

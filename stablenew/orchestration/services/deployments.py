@@ -20,8 +20,9 @@ from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 from pydantic import BaseModel, Field
 
+import stablenew
 from stablenew.errors import ConfigError
-from stablenew.orchestration.pool import WORKER_TYPE, ensure_pool
+from stablenew.orchestration.services.pool import WORKER_TYPE, ensure_pool
 
 RENDER_DEPLOYMENT = "render-job"
 SUBMIT_DEPLOYMENT = "submit-pack"
@@ -53,8 +54,9 @@ class DeploymentSpec(BaseModel):
 
 
 def project_root() -> Path:
-    """The checkout that holds ``prefect.yaml`` and ``flows/``."""
-    return Path(__file__).resolve().parents[2]
+    """The checkout that holds ``prefect.yaml`` and ``flows/``: the ``stablenew`` package's
+    parent folder."""
+    return Path(stablenew.__file__).resolve().parents[1]
 
 
 def read_specs(path: Path | None = None) -> list[DeploymentSpec]:

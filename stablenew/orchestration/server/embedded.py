@@ -200,7 +200,7 @@ class Stack:
             proc = self._spawn(
                 "prefect-server",
                 _python(
-                    "stablenew.orchestration.prefect_server",
+                    "stablenew.orchestration.server.prefect_server",
                     *("server", "start", "--host", "127.0.0.1", "--port", str(port)),
                 ),
                 {**prefect_server_env(self.home, port), **(server_env or {})},

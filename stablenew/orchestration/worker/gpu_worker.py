@@ -42,13 +42,13 @@ from prefect.workers.base import (
     BaseWorkerResult,
 )
 
-from stablenew.orchestration import cancellation, gpu_gate, recovery
-from stablenew.orchestration.cancel_watch import CancelWatch, Interrupter
-from stablenew.orchestration.deployments import project_root
-from stablenew.orchestration.gpu_gate import GpuGate, HandedBack, Rank
-from stablenew.orchestration.pool import QUEUE_PRIORITY
-from stablenew.orchestration.scheduled_runs import ScheduledRuns
-from stablenew.orchestration.worker_state import publish_gpu_holder, publish_hold, withdraw
+from stablenew.orchestration.services.deployments import project_root
+from stablenew.orchestration.services.pool import QUEUE_PRIORITY
+from stablenew.orchestration.worker import cancellation, gpu_gate, recovery
+from stablenew.orchestration.worker.cancel_watch import CancelWatch, Interrupter
+from stablenew.orchestration.worker.gpu_gate import GpuGate, HandedBack, Rank
+from stablenew.orchestration.worker.scheduled_runs import ScheduledRuns
+from stablenew.orchestration.worker.worker_state import publish_gpu_holder, publish_hold, withdraw
 
 logger = logging.getLogger(__name__)
 

@@ -27,16 +27,16 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling, Scheduled
 
 from stablenew.errors import DuplicateJob, JobNotFound, OrchestrationError, SubmissionError
-from stablenew.orchestration import queue_control
 from stablenew.orchestration._prefect import check_reachable, prefect_client, read_runs_by_id
-from stablenew.orchestration.bulk_cancel import cancel_matching, settle
-from stablenew.orchestration.deployments import RENDER_DEPLOYMENT, RENDER_FLOW_NAME
-from stablenew.orchestration.pool import (
+from stablenew.orchestration.services import queue_control
+from stablenew.orchestration.services.bulk_cancel import cancel_matching, settle
+from stablenew.orchestration.services.deployments import RENDER_DEPLOYMENT, RENDER_FLOW_NAME
+from stablenew.orchestration.services.pool import (
     DEFAULT_PRIORITY,
     check_priority,
 )
-from stablenew.orchestration.queue_control import Replaced
-from stablenew.orchestration.queue_view import (
+from stablenew.orchestration.services.queue_control import Replaced
+from stablenew.orchestration.services.queue_view import (
     ACTIVE,
     JobRef,
     QueueState,
@@ -46,15 +46,15 @@ from stablenew.orchestration.queue_view import (
     pool_runs,
     read_queue_state,
 )
-from stablenew.orchestration.run_notes import WAITING_STATE
-from stablenew.orchestration.submission import (
+from stablenew.orchestration.services.submission import (
     BULK,
     MAX_RESUBMITS,
     Batch,
     Lineage,
     validate_records,
 )
-from stablenew.orchestration.worker_state import read_gpu_holders
+from stablenew.orchestration.worker.run_notes import WAITING_STATE
+from stablenew.orchestration.worker.worker_state import read_gpu_holders
 from stablenew.ordering import group_by_model
 from stablenew.packs.model import Limits
 from stablenew.records import MAX_SEED, NormalizedJobRecord, derive_with_seed

@@ -39,9 +39,9 @@ from stablenew.errors import HistoryError
 from stablenew.history import SqliteHistoryStore, StatusEvent, Submission, WriteStats
 from stablenew.lifecycle import JobStatus, status_from_prefect
 from stablenew.orchestration._prefect import PAGE, read_runs_by_id
-from stablenew.orchestration.deployments import RENDER_DEPLOYMENT
-from stablenew.orchestration.submission import MAX_RESUBMITS, Lineage
-from stablenew.orchestration.tags import NOTEWORTHY
+from stablenew.orchestration.services.deployments import RENDER_DEPLOYMENT
+from stablenew.orchestration.services.submission import MAX_RESUBMITS, Lineage
+from stablenew.orchestration.services.tags import NOTEWORTHY
 from stablenew.outputs import run_dirs
 from stablenew.records import NormalizedJobRecord
 

@@ -23,7 +23,7 @@ from prefect.client.schemas.responses import OrchestrationResult
 from prefect.states import Cancelled, Cancelling
 
 from stablenew.orchestration._prefect import read_runs_by_id
-from stablenew.orchestration.queue_view import ACTIVE, pool_runs
+from stablenew.orchestration.services.queue_view import ACTIVE, pool_runs
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.states import Cancelled
 
-from stablenew.orchestration import cancellation
-from stablenew.orchestration.recovery import claimant
+from stablenew.orchestration.worker import cancellation
+from stablenew.orchestration.worker.recovery import claimant
 
 CANCEL_POLL_SECONDS = 0.5
 CANCEL_GRACE_SECONDS = 15.0

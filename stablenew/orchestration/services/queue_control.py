@@ -44,14 +44,14 @@ from prefect.states import Cancelling, Scheduled
 from pydantic import BaseModel, Field
 
 from stablenew.errors import JobNotQueued, SubmissionError
-from stablenew.orchestration.pool import DEFAULT_PRIORITY, check_priority
-from stablenew.orchestration.record_edit import edit_record
-from stablenew.orchestration.submission import Lineage
+from stablenew.orchestration.services.pool import DEFAULT_PRIORITY, check_priority
+from stablenew.orchestration.services.record_edit import edit_record
+from stablenew.orchestration.services.submission import Lineage
 from stablenew.packs.model import Limits
 from stablenew.records import NormalizedJobRecord
 
 if TYPE_CHECKING:
-    from stablenew.orchestration.jobs import JobService
+    from stablenew.orchestration.services.jobs import JobService
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from stablenew.lifecycle import JobStatus
 from stablenew.orchestration._prefect import prefect_client, read_runs_by_id
-from stablenew.orchestration.queue_view import JobRef, job_ref
+from stablenew.orchestration.services.queue_view import JobRef, job_ref
 
 # Ids per "has anything left SCHEDULED?" query. The answer is small (what changed since the
 # last tick), so a wide id list is cheap; it is paged in case many changed at once.

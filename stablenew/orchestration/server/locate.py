@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from stablenew.errors import PrefectUnavailable
-from stablenew.orchestration.embedded import Stack, healthy
+from stablenew.orchestration.server.embedded import Stack, healthy
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 

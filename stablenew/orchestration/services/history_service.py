@@ -23,8 +23,8 @@ from stablenew.errors import AmbiguousJobId, HistoryError, JobNotFound, PrefectU
 from stablenew.history import FilterArgs, JobRow, Rating, RunRow, SqliteHistoryStore, Transition
 from stablenew.history.learn import LearnReport, learn
 from stablenew.lifecycle import JobStatus
-from stablenew.orchestration.jobs import JobService
-from stablenew.orchestration.queue_view import JobRef
+from stablenew.orchestration.services.jobs import JobService
+from stablenew.orchestration.services.queue_view import JobRef
 from stablenew.records import NormalizedJobRecord
 from stablenew.settings import get_settings
 from stablenew.webui import describe_requests
@@ -284,7 +284,7 @@ class JobHistoryService:
         """Copy what changed in Prefect into the store first: ``job_id``'s runs, or everything
         new. False when no Prefect server could be asked (the store is as last synced)."""
         from stablenew.orchestration._prefect import prefect_client
-        from stablenew.orchestration.exporter import sync, sync_job
+        from stablenew.orchestration.services.exporter import sync, sync_job
 
         output_root = get_settings().resolved_output_root
         try:

@@ -21,7 +21,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.states import Running
 
-from stablenew.orchestration.tags import WAITED
+from stablenew.orchestration.services.tags import WAITED
 
 WAITING_STATE = "Waiting for WebUI"
 RUNNING_STATE = "Running"
@@ -30,7 +30,7 @@ Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
 class PrefectRunNotes:
-    """:class:`stablenew.orchestration.render.RunNotes` for one flow run."""
+    """:class:`stablenew.orchestration.worker.render.RunNotes` for one flow run."""
 
     def __init__(self, log: Logger, flow_run_id: UUID | None) -> None:
         self._log = log

@@ -22,7 +22,7 @@ from uuid import UUID
 
 from prefect.exceptions import Abort
 
-from stablenew.orchestration import cancellation
+from stablenew.orchestration.worker import cancellation
 
 Rank = tuple[int, datetime]
 logger = logging.getLogger("stablenew.gpu")

@@ -23,9 +23,9 @@ from pydantic import BaseModel, Field
 
 from stablenew.lifecycle import JobStatus, status_from_prefect
 from stablenew.orchestration._prefect import PAGE, check_reachable
-from stablenew.orchestration.deployments import RENDER_DEPLOYMENT
-from stablenew.orchestration.pool import PRIORITIES, QUEUE_PRIORITY, WORKER_TYPE
-from stablenew.orchestration.worker_state import read_published
+from stablenew.orchestration.services.deployments import RENDER_DEPLOYMENT
+from stablenew.orchestration.services.pool import PRIORITIES, QUEUE_PRIORITY, WORKER_TYPE
+from stablenew.orchestration.worker.worker_state import read_published
 
 ACTIVE = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED, StateType.RUNNING]
 QUEUED = [StateType.SCHEDULED, StateType.PAUSED]

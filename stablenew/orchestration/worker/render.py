@@ -30,9 +30,9 @@ from uuid import UUID
 from PIL import Image
 
 from stablenew.errors import WebUIError, WebUIInterrupted, WebUIUnreachable
-from stablenew.orchestration import gpu_gate
-from stablenew.orchestration.gpu_gate import GateCancelled, Rank
-from stablenew.orchestration.webui_access import preflight, webui_client
+from stablenew.orchestration.worker import gpu_gate
+from stablenew.orchestration.worker.gpu_gate import GateCancelled, Rank
+from stablenew.orchestration.worker.webui_access import preflight, webui_client
 from stablenew.outputs import OutputImage, RunStamp, write_job_outputs
 from stablenew.records import NormalizedJobRecord
 from stablenew.settings import get_settings
