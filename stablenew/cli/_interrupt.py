@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 SETTLE_SECONDS = 60.0
 
 
+def say_interrupted(message: str, *, quiet: bool = False) -> None:
+    """The one line Ctrl-C on ``run`` prints: what becomes of the run's jobs."""
+    if not quiet:
+        console.print(f"[yellow]Interrupted[/]: {message}", highlight=False)
+
+
 async def settle_after_interrupt(
     service: JobService,
     runs: Sequence[FlowRun],
@@ -37,8 +43,7 @@ async def settle_after_interrupt(
     from stablenew.orchestration.services.monitor import follow
 
     def say(message: str) -> None:
-        if not quiet:
-            console.print(f"[yellow]Interrupted[/]: {message}", highlight=False)
+        say_interrupted(message, quiet=quiet)
 
     ids = [r.id for r in runs]
     stack_stays = not target.started

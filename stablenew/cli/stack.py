@@ -218,13 +218,13 @@ def run(
                     records, prio, allow_duplicates=True, group_models=not keep_order
                 )
             except asyncio.CancelledError:  # Ctrl-C while queueing: the submission rolled back
-                if not json_out:
-                    console.print(
-                        "[yellow]Interrupted[/]: cancelling this run's jobs while they were "
-                        "being queued: none stays queued, one already generating is "
-                        "interrupted.",
-                        highlight=False,
-                    )
+                from stablenew.cli._interrupt import say_interrupted
+
+                say_interrupted(
+                    "cancelling this run's jobs while they were being queued: none stays "
+                    "queued, one already generating is interrupted.",
+                    quiet=json_out,
+                )
                 raise typer.Exit(EXIT_INTERRUPTED) from None
             if not json_out:
                 console.print(

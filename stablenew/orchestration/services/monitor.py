@@ -20,8 +20,9 @@ async def follow(
 ) -> AsyncIterator[dict[str, JobRef]]:
     """Yield a snapshot {flow_run_id: JobRef} each tick until all runs are terminal.
 
-    After a first full read, a tick reads only runs that may have changed: those last seen
-    active (a handful: one worker runs one job) and those that have left SCHEDULED since.
+    After a first full read, a tick reads only runs that may have changed: those not
+    SCHEDULED, i.e. those last seen active (a handful: one worker runs one job) and those
+    that have left their queue since, in one query.
     Re-reading every waiting run, each with its full record, every tick cost the server more
     CPU than running the jobs, and on a small machine that CPU is taken from the pipeline.
     ``timeout`` bounds the whole wait (``None``: until done).
@@ -40,11 +41,22 @@ async def follow(
             if deadline is not None and loop.time() >= deadline:
                 return
             await asyncio.sleep(interval)
-            waiting = [r.flow_run_id for r in open_refs if r.status is JobStatus.QUEUED]
-            active = [r.flow_run_id for r in open_refs if r.status is not JobStatus.QUEUED]
-            changed = await read_runs_by_id(client, active)
-            changed += await read_runs_by_id(
-                client, waiting, left_scheduled=True, ids_per_query=_WAITING_CHUNK
+            # One read a tick: every open run that is not SCHEDULED, i.e. those active and
+            # those that have left their queue. An active run missing from the answer was
+            # put back in its queue (rare): read on its own.
+            changed = await read_runs_by_id(
+                client,
+                [r.flow_run_id for r in open_refs],
+                left_scheduled=True,
+                ids_per_query=_WAITING_CHUNK,
             )
+            seen = {str(run.id) for run in changed}
+            requeued = [
+                r.flow_run_id
+                for r in open_refs
+                if r.status is not JobStatus.QUEUED and str(r.flow_run_id) not in seen
+            ]
+            if requeued:
+                changed += await read_runs_by_id(client, requeued)
             for run in changed:
                 latest[str(run.id)] = job_ref(run)
