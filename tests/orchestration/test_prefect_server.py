@@ -111,3 +111,75 @@ def test_a_locked_database_answers_503_with_a_short_retry_after(
     other = asyncio.run(handler(request, RuntimeError("boom")))
     assert other.status_code == 500
     assert "Retry-After" not in other.headers
+
+
+@pytest.fixture
+def restore_write_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.server.api import server as api_server
+    from prefect.server.database.configurations import AioSqliteConfiguration
+
+    begin = AioSqliteConfiguration.begin_transaction
+    monkeypatch.setattr(AioSqliteConfiguration, "begin_transaction", begin)
+    monkeypatch.setattr(api_server, "create_api_app", api_server.create_api_app)
+
+
+def test_prefect_still_begins_the_label_and_variable_writes_deferred() -> None:
+    """What :func:`write_at_once_where_read_then_write` relies on; a Prefect upgrade that
+    changes it fails here (the fix may then be wrong or no longer needed)."""
+    import inspect
+    import uuid
+
+    from fastapi.routing import APIRoute
+    from prefect.server.api import flow_runs, server, variables
+
+    for route in (flow_runs.update_flow_run_labels, variables.update_variable_by_name):
+        assert "session_context(begin_transaction=True)" in inspect.getsource(route)
+    assert "create_api_app(" in inspect.getsource(server.create_app)
+    # The paths the middleware marks are those routes' paths.
+    for path in (f"/flow_runs/{uuid.uuid4()}/labels", "/variables/name/stablenew-gpu-a"):
+        assert prefect_server._READ_THEN_WRITE.search(path)
+        assert any(
+            r.path_regex.match(path) and "PATCH" in r.methods
+            for r in (*flow_runs.router.routes, *variables.router.routes)
+            if isinstance(r, APIRoute)
+        ), path
+
+
+@pytest.mark.usefixtures("restore_write_mode")
+def test_label_and_variable_writes_begin_immediate(tmp_path: Path) -> None:
+    from prefect.server.api import server as api_server
+    from prefect.server.database.configurations import (
+        SQLITE_BEGIN_MODE,
+        AioSqliteConfiguration,
+    )
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    prefect_server.write_at_once_where_read_then_write()
+    config = AioSqliteConfiguration(connection_url=f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")
+    seen: dict[str, str | None] = {}
+
+    async def route(scope: object, receive: object, send: object) -> None:
+        """Stands for the API app: begins a transaction as a write route does."""
+        engine = create_async_engine(config.connection_url)
+        try:
+            async with AsyncSession(engine) as session, config.begin_transaction(session):
+                seen[f"{scope['method']} {scope['path']}"] = SQLITE_BEGIN_MODE.get()  # type: ignore[index]
+        finally:
+            await engine.dispose()
+
+    app = prefect_server._WriteAtOnce(route)
+    for method, path in [
+        ("PATCH", "/api/flow_runs/0b8f/labels"),
+        ("PATCH", "/api/variables/name/stablenew-gpu-a"),
+        ("PATCH", "/api/flow_runs/0b8f"),
+        ("POST", "/api/flow_runs/0b8f/set_state"),
+    ]:
+        asyncio.run(app({"type": "http", "method": method, "path": path}, None, None))  # type: ignore[arg-type]
+    assert seen == {
+        "PATCH /api/flow_runs/0b8f/labels": "IMMEDIATE",
+        "PATCH /api/variables/name/stablenew-gpu-a": "IMMEDIATE",
+        "PATCH /api/flow_runs/0b8f": "DEFERRED",
+        "POST /api/flow_runs/0b8f/set_state": "DEFERRED",
+    }
+    built = api_server.create_api_app()
+    assert any(m.cls is prefect_server._WriteAtOnce for m in built.user_middleware)

@@ -1,10 +1,12 @@
-"""Run Prefect's own server (``prefect server start ...``) with two fixes for SQLite stalls.
+"""Run Prefect's own server (``prefect server start ...``) with three fixes for SQLite stalls.
 
     python -m stablenew.orchestration.server.prefect_server server start --host 127.0.0.1 --port N
 
 The embedded stack starts its server this way. The arguments are Prefect's CLI, unchanged.
-The two fixes: cursors are closed when a statement fails (below), and a 503 for a locked
-database carries a short ``Retry-After`` (see :func:`retry_soon_when_locked`). The server
+The three fixes: cursors are closed when a statement fails (below), a 503 for a locked
+database carries a short ``Retry-After`` (see :func:`retry_soon_when_locked`), and the two
+per-job writes that read before they write take SQLite's write lock first (see
+:func:`write_at_once_where_read_then_write`). The server
 also gets two routes of ours: a faster bulk creation of flow runs (see ``bulk_route``) and
 cancelling many runs in one transaction (see ``cancel_route``).
 
@@ -26,6 +28,8 @@ cursor is closed on the connection's own thread, error or not.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import re
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +39,7 @@ import sqlalchemy
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.dialects.sqlite import aiosqlite as sa_aiosqlite
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 _CURSOR = sa_aiosqlite.AsyncAdapt_aiosqlite_cursor
 _ORIGINAL_EXECUTE = _CURSOR.execute
@@ -131,6 +136,62 @@ def retry_soon_when_locked() -> None:
     api_server.custom_internal_exception_handler = handler
 
 
+# Prefect begins these two writes DEFERRED: they read (the run's labels, the variable) and
+# then write, and in WAL mode a write committed in between makes the upgrade to a write lock
+# fail at once (SQLITE_BUSY_SNAPSHOT; SQLite's busy timeout does not apply), answered 503 and
+# retried. Each job makes one of each: on the bench 0.26 label and 0.62 variable writes per
+# job failed so, and a label write is on the way from a claim to the run's start. Begun
+# IMMEDIATE (as Prefect's own state writes are), they wait for the lock instead.
+_READ_THEN_WRITE = re.compile(r"/(flow_runs/[^/]+/labels|variables/name/[^/]+)$")
+_write_at_once: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "stablenew_write_at_once", default=False
+)
+
+
+class _WriteAtOnce:
+    """ASGI middleware: marks the request as one whose transaction begins IMMEDIATE."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "PATCH"
+            or not _READ_THEN_WRITE.search(scope["path"])
+        ):
+            await self.app(scope, receive, send)
+            return
+        token = _write_at_once.set(True)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _write_at_once.reset(token)
+
+
+def write_at_once_where_read_then_write() -> None:
+    """Begin the transactions of the label and variable PATCH routes IMMEDIATE on SQLite."""
+    from prefect.server.api import server as api_server
+    from prefect.server.database.configurations import AioSqliteConfiguration
+
+    begin = AioSqliteConfiguration.begin_transaction
+
+    def begin_transaction(self: Any, session: Any, with_for_update: bool = False) -> Any:
+        return begin(self, session, with_for_update or _write_at_once.get())
+
+    AioSqliteConfiguration.begin_transaction = begin_transaction  # type: ignore[method-assign]
+
+    create_api_app = api_server.create_api_app
+
+    def create_api_app_marking_writes(*args: Any, **kwargs: Any) -> Any:
+        app = create_api_app(*args, **kwargs)
+        app.add_middleware(_WriteAtOnce)
+        return app
+
+    # create_app() calls create_api_app() by its module-level name when it builds the app.
+    api_server.create_api_app = create_api_app_marking_writes
+
+
 def add_our_routes() -> None:
     """Serve :mod:`stablenew.orchestration.server.bulk_route` and
     :mod:`stablenew.orchestration.server.cancel_route` beside Prefect's own routes."""
@@ -149,6 +210,7 @@ def add_our_routes() -> None:
 def main(argv: list[str] | None = None) -> None:
     close_cursors_on_error()
     retry_soon_when_locked()
+    write_at_once_where_read_then_write()
     add_our_routes()
     from prefect.cli import app
 
