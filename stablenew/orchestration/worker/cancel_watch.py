@@ -95,8 +95,8 @@ class CancelWatch:
             try:
                 # RUNNING is what nearly every run in flight is (and stays): left out, the
                 # answer is usually empty. A run started by another worker passes through
-                # SCHEDULED and PENDING first; if no tick fell then, the GPU grant, which
-                # reads the run before it generates, finds it.
+                # SCHEDULED and PENDING first; if no tick fell then, the GPU grant's own
+                # read of the run finds it (and cuts a generation of it short).
                 runs = await self._client.read_flow_runs(
                     flow_run_filter=FlowRunFilter(
                         id=FlowRunFilterId(any_=ids),
