@@ -123,30 +123,40 @@ def restore_write_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(api_server, "create_api_app", api_server.create_api_app)
 
 
-def test_prefect_still_begins_the_label_and_variable_writes_deferred() -> None:
+def test_prefect_still_begins_the_label_variable_and_heartbeat_writes_deferred() -> None:
     """What :func:`write_at_once_where_read_then_write` relies on; a Prefect upgrade that
     changes it fails here (the fix may then be wrong or no longer needed)."""
     import inspect
     import uuid
 
     from fastapi.routing import APIRoute
-    from prefect.server.api import flow_runs, server, variables
+    from prefect.server.api import flow_runs, server, variables, workers
 
-    for route in (flow_runs.update_flow_run_labels, variables.update_variable_by_name):
+    routes = (
+        flow_runs.update_flow_run_labels,
+        variables.update_variable_by_name,
+        workers.worker_heartbeat,
+    )
+    for route in routes:
         assert "session_context(begin_transaction=True)" in inspect.getsource(route)
     assert "create_api_app(" in inspect.getsource(server.create_app)
-    # The paths the middleware marks are those routes' paths.
-    for path in (f"/flow_runs/{uuid.uuid4()}/labels", "/variables/name/stablenew-gpu-a"):
-        assert prefect_server._READ_THEN_WRITE.search(path)
+    # The requests the middleware marks are those routes'.
+    for method, path in [
+        ("PATCH", f"/flow_runs/{uuid.uuid4()}/labels"),
+        ("PATCH", "/variables/name/stablenew-gpu-a"),
+        ("POST", "/work_pools/stablenew-gpu/workers/heartbeat"),
+    ]:
+        assert prefect_server._READ_THEN_WRITE[method].search(path)
         assert any(
-            r.path_regex.match(path) and "PATCH" in r.methods
-            for r in (*flow_runs.router.routes, *variables.router.routes)
+            r.path_regex.match(path) and method in r.methods
+            for module in (flow_runs, variables, workers)
+            for r in module.router.routes
             if isinstance(r, APIRoute)
         ), path
 
 
 @pytest.mark.usefixtures("restore_write_mode")
-def test_label_and_variable_writes_begin_immediate(tmp_path: Path) -> None:
+def test_label_variable_and_heartbeat_writes_begin_immediate(tmp_path: Path) -> None:
     from prefect.server.api import server as api_server
     from prefect.server.database.configurations import (
         SQLITE_BEGIN_MODE,
@@ -171,6 +181,7 @@ def test_label_and_variable_writes_begin_immediate(tmp_path: Path) -> None:
     for method, path in [
         ("PATCH", "/api/flow_runs/0b8f/labels"),
         ("PATCH", "/api/variables/name/stablenew-gpu-a"),
+        ("POST", "/api/work_pools/stablenew-gpu/workers/heartbeat"),
         ("PATCH", "/api/flow_runs/0b8f"),
         ("POST", "/api/flow_runs/0b8f/set_state"),
     ]:
@@ -178,6 +189,7 @@ def test_label_and_variable_writes_begin_immediate(tmp_path: Path) -> None:
     assert seen == {
         "PATCH /api/flow_runs/0b8f/labels": "IMMEDIATE",
         "PATCH /api/variables/name/stablenew-gpu-a": "IMMEDIATE",
+        "POST /api/work_pools/stablenew-gpu/workers/heartbeat": "IMMEDIATE",
         "PATCH /api/flow_runs/0b8f": "DEFERRED",
         "POST /api/flow_runs/0b8f/set_state": "DEFERRED",
     }

@@ -4,8 +4,8 @@
 
 The embedded stack starts its server this way. The arguments are Prefect's CLI, unchanged.
 The three fixes: cursors are closed when a statement fails (below), a 503 for a locked
-database carries a short ``Retry-After`` (see :func:`retry_soon_when_locked`), and the two
-per-job writes that read before they write take SQLite's write lock first (see
+database carries a short ``Retry-After`` (see :func:`retry_soon_when_locked`), and the frequent
+writes that read before they write take SQLite's write lock first (see
 :func:`write_at_once_where_read_then_write`). The server
 also gets two routes of ours: a faster bulk creation of flow runs (see ``bulk_route``) and
 cancelling many runs in one transaction (see ``cancel_route``).
@@ -136,13 +136,17 @@ def retry_soon_when_locked() -> None:
     api_server.custom_internal_exception_handler = handler
 
 
-# Prefect begins these two writes DEFERRED: they read (the run's labels, the variable) and
-# then write, and in WAL mode a write committed in between makes the upgrade to a write lock
-# fail at once (SQLITE_BUSY_SNAPSHOT; SQLite's busy timeout does not apply), answered 503 and
-# retried. Each job makes one of each: on the bench 0.26 label and 0.62 variable writes per
-# job failed so, and a label write is on the way from a claim to the run's start. Begun
+# Prefect begins these writes DEFERRED: they read (the run's labels, the variable, the
+# worker's row) and then write, and in WAL mode a write committed in between makes the
+# upgrade to a write lock fail at once (SQLITE_BUSY_SNAPSHOT; SQLite's busy timeout does not
+# apply), answered 503 and retried. Each job makes one label and one variable write: on the
+# bench 0.26 and 0.62 of them per job failed so, and the label write is on the way from a
+# claim to the run's start; a heartbeat that fails so makes a worker look dead. Begun
 # IMMEDIATE (as Prefect's own state writes are), they wait for the lock instead.
-_READ_THEN_WRITE = re.compile(r"/(flow_runs/[^/]+/labels|variables/name/[^/]+)$")
+_READ_THEN_WRITE = {
+    "PATCH": re.compile(r"/(flow_runs/[^/]+/labels|variables/name/[^/]+)$"),
+    "POST": re.compile(r"/work_pools/[^/]+/workers/heartbeat$"),
+}
 _write_at_once: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "stablenew_write_at_once", default=False
 )
@@ -155,11 +159,8 @@ class _WriteAtOnce:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "PATCH"
-            or not _READ_THEN_WRITE.search(scope["path"])
-        ):
+        paths = _READ_THEN_WRITE.get(scope.get("method", "")) if scope["type"] == "http" else None
+        if paths is None or not paths.search(scope["path"]):
             await self.app(scope, receive, send)
             return
         token = _write_at_once.set(True)
@@ -170,7 +171,8 @@ class _WriteAtOnce:
 
 
 def write_at_once_where_read_then_write() -> None:
-    """Begin the transactions of the label and variable PATCH routes IMMEDIATE on SQLite."""
+    """Begin the transactions of the label, variable and worker heartbeat writes IMMEDIATE
+    on SQLite."""
     from prefect.server.api import server as api_server
     from prefect.server.database.configurations import AioSqliteConfiguration
 
