@@ -21,8 +21,8 @@ REINTERRUPT_AFTER = 1.0
 
 
 def stop_generation(client: WebUIClient, timeout: float) -> bool:
-    """Send ``/interrupt``, then poll ``/progress`` until the WebUI is idle (``job_count`` 0),
-    at most ``timeout`` s; whether it is.
+    """Send ``/interrupt``, then poll ``/progress`` until the WebUI is idle (``job_count`` 0)
+    twice in a row, at most ``timeout`` s; whether it is.
 
     A job that is busy without the interrupt flag is interrupted again (at most once a
     second): a request that was queued behind the interrupted one begins, and A1111 clears
@@ -33,6 +33,7 @@ def stop_generation(client: WebUIClient, timeout: float) -> bool:
     """
     deadline = time.monotonic() + timeout
     interrupted_at: float | None = None
+    idle_seen = False
     while True:
         if interrupted_at is None or time.monotonic() - interrupted_at >= REINTERRUPT_AFTER:
             try:
@@ -46,8 +47,11 @@ def stop_generation(client: WebUIClient, timeout: float) -> bool:
         except WebUIError as e:
             logger.debug("progress while settling: %s", e)
         else:
-            if not snap.busy:
+            if not snap.busy and idle_seen:
                 return True
+            # Idle once may be the instant between the interrupted job and the request
+            # queued behind it: only idle twice, a poll apart, is idle.
+            idle_seen = not snap.busy
             if snap.interrupted:  # stopping: no new interrupt needed yet
                 interrupted_at = time.monotonic()
         remaining = deadline - time.monotonic()
