@@ -417,14 +417,15 @@ class StableNewWorker(
         try:
             runs = await recovery.active_runs(self.client, self._work_pool_name)
             now = datetime.now(UTC)
-            lost = [
-                r
+            unheld = [
+                (r, (now - r.state.timestamp).total_seconds())
                 for r in runs
-                if not self._holds(r.id)
+                if recovery.claimant(r) == self.name
+                and not self._holds(r.id)
                 and r.id not in self._submitting_flow_run_ids
                 and r.state is not None
-                and (now - r.state.timestamp).total_seconds() >= min_age
             ]
+            lost = [r for r, age in unheld if age >= min_age]
             await recovery.recover_worker(
                 self.client,
                 self.name,
@@ -436,7 +437,7 @@ class StableNewWorker(
         except Exception as exc:  # the API is down: try again at the next poll
             self._logger.warning("could not recover what %s holds (%s): %r", self.name, why, exc)
             return False
-        return True
+        return len(lost) == len(unheld)  # one too young to judge: look again next poll
 
     def _maybe_scan(self) -> None:
         now = time.monotonic()
@@ -548,7 +549,10 @@ class StableNewWorker(
         try:
             state = (await self.client.read_flow_run(flow_run.id)).state
         except Exception:
-            return False  # unknown: if it is ours, recovery gives it back once we are gone
+            # Unknown (the API is down): if the server took it, the worker gives it back
+            # once the API answers again (see _poll); a live worker's runs are nobody else's.
+            self._lost_touch = True
+            return False
         return (
             state is not None
             and state.is_pending()
