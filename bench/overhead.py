@@ -319,16 +319,24 @@ def counting_5xx() -> Iterator[list[int]]:
 
 @contextmanager
 def bench_stack(
-    pool: str, worker: str, sim_args: list[str], *, schedules: bool = True, census: bool = False
+    pool: str,
+    worker: str | None,
+    sim_args: list[str],
+    *,
+    schedules: bool = True,
+    census: bool = False,
 ) -> Iterator[Stack]:
-    """A throwaway embedded stack (server, simulator, one worker of the given kind), with
-    Prefect settings pointed at it; stopped on exit."""
+    """A throwaway embedded stack (server, simulator, one worker of the given kind; neither
+    of the last two with ``worker=None``), with Prefect settings pointed at it; stopped on
+    exit."""
     stack = Stack(home=Path(tempfile.mkdtemp(prefix="stablenew-bench-")))
     os.environ["STABLENEW_WORK_POOL"] = pool
     try:
         # At INFO the server's access log names every request (for --census; it costs CPU).
         server_env = {"PREFECT_SERVER_LOGGING_LEVEL": "INFO"} if census else None
-        stack.start(prefect=True, simulator=True, sim_args=sim_args, server_env=server_env)
+        stack.start(
+            prefect=True, simulator=worker is not None, sim_args=sim_args, server_env=server_env
+        )
         assert stack.prefect_url
         with temporary_settings(updates={PREFECT_API_URL: stack.prefect_url}):
 
@@ -337,10 +345,14 @@ def bench_stack(
                 if not schedules:
                     specs = [spec.model_copy(update={"schedules": []}) for spec in specs]
                 async with prefect_client() as client:
-                    await apply(client, specs=specs, gpu_pool=pool, gpu_pool_type=worker)
+                    await apply(
+                        client, specs=specs, gpu_pool=pool, gpu_pool_type=worker or "stablenew"
+                    )
 
             asyncio.run(deploy())
-            if worker == "stablenew":
+            if worker is None:
+                pass
+            elif worker == "stablenew":
                 stack.start_worker(extra_env={"STABLENEW_WORK_POOL": pool})
             else:
                 start_process_worker(stack, pool)
