@@ -21,7 +21,8 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from stablenew.gallery.catalog import GRID_DIR, pack_dir
 from stablenew.gallery.serve import running_server_url, url_for
@@ -32,6 +33,9 @@ from stablenew.records import NormalizedJobRecord
 PACK_ARTIFACT_INTERVAL = 10.0  # seconds between a worker's updates of one pack's artifact
 _last_pack_update: dict[str, float] = {}
 _throttle_lock = threading.Lock()
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
 
 
 def pack_artifact_key(pack_id: str) -> str:
@@ -136,27 +140,47 @@ async def apublish_run_artifacts(
     home: Path,
     output_root: Path,
     force_pack: bool = False,
+    run: tuple[PrefectClient, UUID] | None = None,
 ) -> None:
-    """Create the run's markdown artifact, and the pack's keyed one when due (in a flow run)."""
+    """Create the run's markdown artifact, and the pack's keyed one when due: for the flow
+    run of the current context, or for ``run`` (a client and a flow run id) outside one."""
     from prefect.artifacts import acreate_markdown_artifact
+    from prefect.client.schemas.actions import ArtifactCreate
 
     server = running_server_url(home, output_root)
-    await acreate_markdown_artifact(
-        markdown=run_artifact_markdown(record, outputs, server_url=server, output_root=output_root),
-        description=f"Outputs of {record.run_name} ({record.job_id})",
-    )
+    markdown = run_artifact_markdown(record, outputs, server_url=server, output_root=output_root)
+    description = f"Outputs of {record.run_name} ({record.job_id})"
+    if run is None:
+        await acreate_markdown_artifact(markdown=markdown, description=description)
+    else:
+        client, flow_run_id = run
+        await client.create_artifact(
+            ArtifactCreate(
+                type="markdown", data=markdown, description=description, flow_run_id=flow_run_id
+            )
+        )
     if force_pack or pack_artifact_due(record.pack_id):
-        await apublish_pack_artifact(record.pack_id, home=home, output_root=output_root)
+        await apublish_pack_artifact(
+            record.pack_id,
+            home=home,
+            output_root=output_root,
+            flow_run_id=run[1] if run is not None else None,
+        )
 
 
 async def apublish_pack_artifact(
-    pack_id: str, *, home: Path, output_root: Path, expected_jobs: int | None = None
+    pack_id: str,
+    *,
+    home: Path,
+    output_root: Path,
+    expected_jobs: int | None = None,
+    flow_run_id: UUID | None = None,
 ) -> Any:
     """Create (a new version of) the pack's keyed artifact; returns it.
 
-    Works inside a flow run (the version is linked to it) and outside one (the ``run``
-    command at the end), through the client: Prefect deprecates its artifact helpers
-    outside a run.
+    Works inside a flow run (the version is linked to it, as to ``flow_run_id``) and outside
+    one (the ``run`` command at the end), through the client: Prefect deprecates its artifact
+    helpers outside a run.
     """
     from prefect.client.schemas.actions import ArtifactCreate
     from prefect.client.schemas.objects import Artifact
@@ -164,7 +188,9 @@ async def apublish_pack_artifact(
 
     from stablenew.orchestration._prefect import prefect_client
 
-    ctx = FlowRunContext.get()
+    if flow_run_id is None:
+        ctx = FlowRunContext.get()
+        flow_run_id = ctx.flow_run.id if ctx is not None and ctx.flow_run is not None else None
     server = running_server_url(home, output_root)
     artifact = ArtifactCreate(
         key=pack_artifact_key(pack_id),
@@ -173,7 +199,7 @@ async def apublish_pack_artifact(
             pack_id, server_url=server, output_root=output_root, expected_jobs=expected_jobs
         ),
         description=f"Contact sheet and gallery of pack {pack_id}",
-        flow_run_id=ctx.flow_run.id if ctx is not None and ctx.flow_run is not None else None,
+        flow_run_id=flow_run_id,
     )
     async with prefect_client() as client:
         # Posted directly: the client's create_artifact also emits an event through Prefect's

@@ -46,6 +46,7 @@ from stablenew.orchestration.services.deployments import project_root
 from stablenew.orchestration.services.pool import QUEUE_PRIORITY
 from stablenew.orchestration.worker import cancellation, gpu_gate, recovery
 from stablenew.orchestration.worker.cancel_watch import CancelWatch, Interrupter
+from stablenew.orchestration.worker.direct_run import RENDER_FLOW, drive_render_run
 from stablenew.orchestration.worker.gpu_gate import GpuGate, HandedBack, Rank
 from stablenew.orchestration.worker.scheduled_runs import ScheduledRuns
 from stablenew.orchestration.worker.worker_state import publish_gpu_holder, publish_hold, withdraw
@@ -707,11 +708,15 @@ class StableNewWorker(
         state: State[Any] | None = None
         error: BaseException | None = None
         try:
-            state = await anyio.to_thread.run_sync(
-                partial(_run_flow_blocking, flow, flow_run), abandon_on_cancel=True
-            )
+            if flow.name == RENDER_FLOW:
+                logger = self.get_flow_run_logger(flow_run)
+                state = await drive_render_run(self.client, flow_run, logger)
+            else:
+                state = await anyio.to_thread.run_sync(
+                    partial(_run_flow_blocking, flow, flow_run), abandon_on_cancel=True
+                )
         except HandedBack as exc:
-            # The engine wrote no final state (an Abort); the run goes back to its queue.
+            # No final state written (an Abort); the run goes back to its queue.
             await self._hand_back(flow_run, f"Handed back: {self.name} is stopping ({exc})")
             return
         except cancellation.TakenBack as exc:

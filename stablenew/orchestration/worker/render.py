@@ -30,7 +30,7 @@ from uuid import UUID
 from PIL import Image
 
 from stablenew.errors import WebUIError, WebUIInterrupted, WebUIUnreachable
-from stablenew.orchestration.worker import gpu_gate
+from stablenew.orchestration.worker import cancellation, gpu_gate
 from stablenew.orchestration.worker.gpu_gate import GateCancelled, Rank
 from stablenew.orchestration.worker.webui_access import preflight, webui_client
 from stablenew.outputs import OutputImage, RunStamp, write_job_outputs
@@ -268,6 +268,49 @@ def render_images(
             width, height = decoded.size
         outputs.append(OutputImage(image.png, image.seed, image.infotext, width, height))
     return outputs
+
+
+class RunCancelled(Exception):
+    """The run was cancelled and stopped cleanly; its final state is CANCELLED (the message)."""
+
+
+def render_job_run(
+    record: NormalizedJobRecord,
+    run_id: UUID | None,
+    attempt: int,
+    *,
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    notes: RunNotes,
+) -> list[dict[str, Any]]:
+    """One render run, whoever drives it (the flow under Prefect's engine, or the pool
+    worker itself): wait for the WebUI, generate holding this worker's GPU gate, write the
+    attempt's files; the outputs written.
+
+    Raises :class:`RunCancelled` when the run was cancelled, and
+    :class:`~stablenew.orchestration.worker.cancellation.TakenBack` when the pool gave the
+    run to another worker meanwhile (nothing is written then).
+    """
+    cancel = cancellation.event_for(run_id)
+    clock = OutageClock(get_settings().webui.outage_timeout)  # one budget for all its waits
+    try:
+        # Unknown model/sampler/... fails fast here; a WebUI that is away is waited for.
+        wait_for_webui(record, cancel, clock=clock, notes=notes)
+        cancellation.check_ours(run_id)
+        if cancel.is_set():
+            raise RunCancelled("cancelled before generation")
+        # Takes this worker's GPU gate (each attempt anew) and gives it up at the last WebUI
+        # answer, so the next job generates while this one's files are written.
+        images = render_with_retries(record, run_id, cancel, clock=clock, notes=notes)
+    except WebUIInterrupted:
+        cancellation.check_ours(run_id)  # taken back, not cancelled: write nothing
+        if cancel.is_set():
+            log.info("Job %s cancelled during generation", record.job_id)
+            raise RunCancelled("cancelled: WebUI interrupted") from None
+        raise
+    # A run the pool has meanwhile given to another worker writes neither files nor state.
+    cancellation.confirm_ours(run_id)
+    stamp = RunStamp(str(run_id) if run_id else None, attempt=max(attempt, 1))
+    return write_outputs(record, images, stamp)
 
 
 def write_outputs(
