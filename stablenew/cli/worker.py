@@ -64,7 +64,8 @@ def worker(
     )
 
     from stablenew.orchestration.services.deployments import CONTROL_POOL
-    from stablenew.orchestration.worker.gpu_worker import RecoveryPolicy, StableNewWorker
+    from stablenew.orchestration.worker.gpu_worker import StableNewWorker
+    from stablenew.orchestration.worker.recovery_duty import RecoveryPolicy
     from stablenew.orchestration.worker.webui_access import webui_client
     from stablenew.settings import get_settings
 
@@ -118,9 +119,6 @@ def worker(
     from prefect.flows import load_flow_from_entrypoint
 
     from stablenew.orchestration.services.deployments import project_root
-    from stablenew.orchestration.worker import engine_patches
-
-    engine_patches.install()
 
     load_flow_from_entrypoint(str(project_root() / "flows" / "render.py") + ":render_job")
 

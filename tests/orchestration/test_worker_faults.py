@@ -269,8 +269,9 @@ def test_after_an_outage_a_worker_puts_right_the_runs_it_lost_track_of(
     from prefect.states import Pending, Running
 
     from stablenew.orchestration.worker import gpu_worker as worker_module
-    from stablenew.orchestration.worker.gpu_worker import RecoveryPolicy, StableNewWorker
+    from stablenew.orchestration.worker.gpu_worker import StableNewWorker
     from stablenew.orchestration.worker.recovery import claim_message
+    from stablenew.orchestration.worker.recovery_duty import RecoveryPolicy
 
     monkeypatch.setattr(worker_module, "ORPHAN_MIN_AGE_SECONDS", 0.0)
     pack = "lost-touch"
@@ -292,7 +293,8 @@ def test_after_an_outage_a_worker_puts_right_the_runs_it_lost_track_of(
                 await client.update_flow_run_labels(run.id, {"prefect.worker.name": "outlived"})
                 await client.set_flow_run_state(run.id, Running(), force=True)
             worker._submitting_flow_run_ids.add(by_job[held].id)  # being started here
-            assert await worker._recover_own(
+            assert worker.duty is not None
+            assert await worker.duty.recover_own(
                 "lost track of it while the Prefect API was unreachable",
                 min_age=worker_module.ORPHAN_MIN_AGE_SECONDS,
             )

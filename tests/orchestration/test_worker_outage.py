@@ -14,7 +14,8 @@ import logging
 import httpx
 import pytest
 
-from stablenew.orchestration.worker.gpu_worker import StableNewWorker, api_unavailable
+from stablenew.orchestration.worker.gpu_worker import StableNewWorker
+from stablenew.orchestration.worker.outage import api_unavailable
 
 REQUEST = httpx.Request("GET", "http://127.0.0.1:9/api/work_pools/p")
 
@@ -48,20 +49,20 @@ def test_a_worker_waits_out_an_outage_once_it_has_reached_the_api(
     async def scenario() -> None:
         # Never reached: a wrong URL, not an outage. It fails as before.
         with pytest.raises(httpx.ConnectError):
-            await worker._through_outage(lambda: _failing(down), [])
-        assert await worker._through_outage(_answering, []) == ["run"]
+            await worker.outage.through(lambda: _failing(down), [])
+        assert await worker.outage.through(_answering, []) == ["run"]
         with caplog.at_level(logging.INFO):
             for _ in range(5):  # as many failed polls as it takes: no exit
-                assert await worker._through_outage(lambda: _failing(down), []) == []
-                assert await worker._through_outage(lambda: _failing(_status(503)), []) == []
+                assert await worker.outage.through(lambda: _failing(down), []) == []
+                assert await worker.outage.through(lambda: _failing(_status(503)), []) == []
             # A request the API refuses is still an error, outage or not.
             with pytest.raises(httpx.HTTPStatusError):
-                await worker._through_outage(lambda: _failing(_status(422)), [])
-            assert await worker._through_outage(_answering, []) == ["run"]
+                await worker.outage.through(lambda: _failing(_status(422)), [])
+            assert await worker.outage.through(_answering, []) == ["run"]
         messages = [r.getMessage() for r in caplog.records]
         assert sum("Prefect API unreachable" in m for m in messages) == 1, messages
         assert sum("Prefect API back after" in m for m in messages) == 1, messages
 
     asyncio.run(scenario())
     # The outage may have left a run of its own unended: it looks for such runs next.
-    assert worker._lost_touch
+    assert worker.outage.lost_touch

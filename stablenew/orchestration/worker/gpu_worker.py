@@ -2,13 +2,15 @@
 
 Prefect's stock process worker starts a new Python process per run (seconds of imports and
 engine start-up while the GPU idles). This worker keeps the flow loaded and the WebUI session
-warm, runs each flow run through Prefect's own engine in a thread, and still gets polling,
-heartbeats, pool creation and claim semantics from :class:`BaseWorker`.
+warm, drives each render run itself (``direct_run``; other flows go through Prefect's engine in
+a thread), and still gets polling, heartbeats, pool creation and claim semantics from
+:class:`BaseWorker`.
 
 It also holds instead of draining the queue when its WebUI is not ready, turns a
 CANCELLING run into a WebUI interrupt and a CANCELLED state (see ``cancel_watch``), stops
-gracefully (:meth:`StableNewWorker.stop`: what it claimed goes back to its queue), and puts
-right the runs of workers of its pool that died (see ``recovery``).
+gracefully (:meth:`StableNewWorker.stop`: what it claimed goes back to its queue), waits out
+Prefect API outages (``outage``), and puts right its own lost runs and those of its pool's
+dead workers (``recovery_duty``, ``recovery``).
 """
 
 from __future__ import annotations
@@ -17,19 +19,16 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Self, TypeVar
+from typing import Any
 from uuid import UUID
 
 import anyio
 import anyio.abc
-import httpx
-from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.objects import FlowRun, State, StateType, WorkPool
-from prefect.client.schemas.responses import DeploymentResponse, WorkerFlowRunResponse
+from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.client.schemas.responses import WorkerFlowRunResponse
 from prefect.exceptions import Abort, ObjectNotFound
 from prefect.flow_engine import run_flow
 from prefect.flows import Flow, load_flow_from_entrypoint, load_flow_from_flow_run
@@ -37,9 +36,7 @@ from prefect.states import Cancelled, Pending
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import (
     BaseJobConfiguration,
-    BaseVariables,
     BaseWorker,
-    BaseWorkerResult,
 )
 
 from stablenew.orchestration.services.deployments import project_root
@@ -48,6 +45,17 @@ from stablenew.orchestration.worker import cancellation, gpu_gate, recovery
 from stablenew.orchestration.worker.cancel_watch import CancelWatch, Interrupter
 from stablenew.orchestration.worker.direct_run import RENDER_FLOW, drive_render_run
 from stablenew.orchestration.worker.gpu_gate import GpuGate, HandedBack, Rank
+from stablenew.orchestration.worker.job_configuration import (
+    StableNewJobConfiguration,
+    StableNewVariables,
+    StableNewWorkerResult,
+)
+from stablenew.orchestration.worker.outage import ApiOutage, api_unavailable
+from stablenew.orchestration.worker.recovery_duty import (
+    ORPHAN_MIN_AGE_SECONDS,
+    RecoveryDuty,
+    RecoveryPolicy,
+)
 from stablenew.orchestration.worker.scheduled_runs import ScheduledRuns
 from stablenew.orchestration.worker.worker_state import publish_gpu_holder, publish_hold, withdraw
 
@@ -67,72 +75,12 @@ CLAIM_BATCH = 2
 IDLE_COUNT_SECONDS = 0.4
 FIRST_START_ALONE_SECONDS = 2.0  # bound on holding back the lookahead for an idle start
 WITHDRAW_SECONDS = 5.0  # bound on withdrawing what the worker published, at shutdown
-RECOVERY_SCAN_SECONDS = 5.0  # how often the pool's first live worker looks for dead ones
 INTERRUPTED_EXIT_SECONDS = 15.0  # after interrupting the WebUI, bound on the run ending
 LABEL_ATTEMPTS = 3
 LOAD_RETRY_SECONDS = 30.0  # a worker whose flow code does not load holds this long, then retries
 # Bound on the GPU grant's ownership check: an answer within the flow's wait for it, also
 # while the Prefect API is down (no answer then counts as "still ours").
 GRANT_CHECK_SECONDS = cancellation.CONFIRM_SECONDS / 2
-ORPHAN_MIN_AGE_SECONDS = 10.0  # a run claimed here this recently may not be tracked yet
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RecoveryPolicy:
-    """When a worker of the pool counts as dead, and what its generating run gets."""
-
-    dead_after: float = 30.0
-    retries_on_crash: int = 1
-
-
-class StableNewJobConfiguration(BaseJobConfiguration):
-    """Nothing to configure per run: the worker's own settings bind it to its WebUI."""
-
-    @classmethod
-    def _base_environment(cls) -> dict[str, str]:
-        """Prefect's settings, as environment variables for a run's own infrastructure:
-        there is none, a run executes in this process under its settings. Dumping every
-        setting for every run was 16% of the worker's CPU (py-spy on bench/overhead.py).
-        Guarded by tests/orchestration/test_engine_patches.py."""
-        return {}
-
-    @classmethod
-    async def resolve_for_flow_run(
-        cls,
-        flow_run: FlowRun,
-        *,
-        client: PrefectClient,
-        work_pool: WorkPool,
-        worker_name: str,
-        worker_id: UUID | None = None,
-        deployment: DeploymentResponse | None = None,
-    ) -> Self:
-        """The base class reads the run's deployment and flow for every run, to merge job
-        variables we do not have; two API reads per job that the GPU would wait behind."""
-        configuration: Self = await cls.from_template_and_values(
-            base_job_template=work_pool.base_job_template,
-            values=dict(flow_run.job_variables or {}),
-            client=client,
-        )
-        configuration.prepare_for_flow_run(
-            flow_run=flow_run,
-            deployment=deployment,
-            work_pool=work_pool,
-            worker_name=worker_name,
-            worker_id=worker_id,
-        )
-        return configuration
-
-
-class StableNewVariables(BaseVariables):
-    """No per-deployment infrastructure variables."""
-
-
-class StableNewWorkerResult(BaseWorkerResult):
-    """Outcome of one in-process run."""
-
 
 ReadinessCheck = Callable[[], str | None]
 """Returns ``None`` when the WebUI is ready, else a human reason (run in a thread)."""
@@ -191,10 +139,19 @@ class StableNewWorker(
         self._min_poll_seconds = min_poll_seconds
         self._last_poll = -min_poll_seconds
         self.hold_reason: str | None = None
-        self._recovery = recovery_policy
         self._recovered_own = recovery_policy is None
-        self._next_scan = 0.0
-        self._scanning = False
+        self.duty = (
+            RecoveryDuty(
+                recovery_policy,
+                worker_name=self.name,
+                pool_name=self._work_pool_name,
+                client=lambda: self.client,
+                holds=lambda i: self._holds(i) or i in self._submitting_flow_run_ids,
+                logger=self._logger,
+            )
+            if recovery_policy is not None
+            else None
+        )
         self._unlabeled: set[UUID] = set()
         self._stopping = False
         self._stop_now = asyncio.Event()
@@ -202,44 +159,11 @@ class StableNewWorker(
         # it holds, so the queue is not drained into crashes; tried again after a while.
         self._cannot_run: str | None = None
         self._retry_load_at = 0.0
-        # Prefect API outages: while one lasts the worker waits for the API instead of
-        # exiting; after one, a run may have been left unended by this live worker (its
-        # final state or its hand-back could not be written), so it looks for such runs.
-        self._synced_once = False
-        self._outage_since: float | None = None
-        self._lost_touch = False
-
-    # -- Prefect API outages --------------------------------------------------------------
-
-    async def _through_outage(self, call: Callable[[], Awaitable[T]], default: T) -> T:
-        """``call()``, or ``default`` while the Prefect API is unreachable or failing (5xx).
-        Prefect's service loops would end the worker after a few such failures in a row;
-        a worker outliving a server restart is what users of a queue expect. Before the
-        worker has reached the API once, a failure is still an error (a wrong URL)."""
-        try:
-            result = await call()
-        except Exception as exc:
-            if not api_unavailable(exc):
-                raise
-            error = exc
-        else:
-            self._synced_once = True
-            if self._outage_since is not None:
-                self._logger.info(
-                    "Prefect API back after %.0fs", time.monotonic() - self._outage_since
-                )
-                self._outage_since = None
-            return result
-        if not self._synced_once:
-            raise error
-        self._lost_touch = True
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-            self._logger.warning("Prefect API unreachable (%r); waiting for it", error)
-        return default
+        # While the Prefect API is away the worker waits for it instead of exiting.
+        self.outage = ApiOutage(self._logger)
 
     async def sync_with_backend(self) -> None:
-        await self._through_outage(super().sync_with_backend, None)
+        await self.outage.through(super().sync_with_backend, None)
 
     # -- polling --------------------------------------------------------------------------
 
@@ -247,23 +171,11 @@ class StableNewWorker(
         self._loop = asyncio.get_running_loop()
         if self._stopping:
             return []
-        return await self._through_outage(self._poll, [])
+        return await self.outage.through(self._poll, [])
 
     async def _poll(self) -> list[FlowRun]:
-        if not self._recovered_own:
-            # Before the first claim: whatever this name still holds is from a previous
-            # life of this worker (a restart on the same GPU), and nothing of it runs here.
-            self._recovered_own = await self._recover_own("was restarted")
-            if self._recovered_own:
-                await withdraw(self.client, self.name, self._logger)
-        if self._lost_touch and self._outage_since is None and self._recovery is not None:
-            # Runs whose end (or hand-back) the API could not take while this worker lived:
-            # the pool's recovery leaves a live worker's runs alone.
-            self._lost_touch = not await self._recover_own(
-                "lost track of it while the Prefect API was unreachable",
-                min_age=ORPHAN_MIN_AGE_SECONDS,
-            )
-        self._maybe_scan()
+        if self.duty is not None:
+            await self._recovery_duty(self.duty)
         if self._min_poll_seconds:
             now = time.monotonic()
             if now - self._last_poll < self._min_poll_seconds:
@@ -296,6 +208,22 @@ class StableNewWorker(
             return None
         self._last_ready_check = now
         return await anyio.to_thread.run_sync(self._readiness_check)
+
+    async def _recovery_duty(self, duty: RecoveryDuty) -> None:
+        if not self._recovered_own:
+            # Before the first claim: whatever this name still holds is from a previous
+            # life of this worker (a restart on the same GPU), and nothing of it runs here.
+            self._recovered_own = await duty.recover_own("was restarted")
+            if self._recovered_own:
+                await withdraw(self.client, self.name, self._logger)
+        if self.outage.lost_touch and not self.outage.ongoing:
+            # Runs whose end (or hand-back) the API could not take while this worker lived;
+            # one of ours too young to judge is looked at again at the next poll.
+            self.outage.lost_touch = not await duty.recover_own(
+                "lost track of it while the Prefect API was unreachable",
+                min_age=ORPHAN_MIN_AGE_SECONDS,
+            )
+        duty.maybe_scan(self._runs_task_group)
 
     async def _claim_for_gpu(self, gate: GpuGate) -> list[FlowRun]:
         stale = gate.drop_stale(lambda i: i in self._submitting_flow_run_ids or self._holds(i))
@@ -427,64 +355,6 @@ class StableNewWorker(
 
     # -- recovery ---------------------------------------------------------------------------
 
-    async def _recover_own(self, why: str, *, min_age: float = 0.0) -> bool:
-        """Put right the runs this worker's name holds in Prefect that it does not run (and
-        whose state is at least ``min_age`` seconds old), as a dead worker's would be."""
-        assert self._recovery is not None
-        try:
-            runs = await recovery.active_runs(self.client, self._work_pool_name)
-            now = datetime.now(UTC)
-            unheld = [
-                (r, (now - r.state.timestamp).total_seconds())
-                for r in runs
-                if recovery.claimant(r) == self.name
-                and not self._holds(r.id)
-                and r.id not in self._submitting_flow_run_ids
-                and r.state is not None
-            ]
-            lost = [r for r, age in unheld if age >= min_age]
-            await recovery.recover_worker(
-                self.client,
-                self.name,
-                lost,
-                why=why,
-                retries_on_crash=self._recovery.retries_on_crash,
-                logger=self._logger,
-            )
-        except Exception as exc:  # the API is down: try again at the next poll
-            self._logger.warning("could not recover what %s holds (%s): %r", self.name, why, exc)
-            return False
-        return len(lost) == len(unheld)  # one too young to judge: look again next poll
-
-    def _maybe_scan(self) -> None:
-        now = time.monotonic()
-        if (
-            self._recovery is None
-            or self._scanning
-            or now < self._next_scan
-            or self._runs_task_group is None
-        ):
-            return
-        self._next_scan = now + RECOVERY_SCAN_SECONDS
-        self._scanning = True
-        self._runs_task_group.start_soon(self._scan)
-
-    async def _scan(self) -> None:
-        assert self._recovery is not None
-        try:
-            await recovery.scan(
-                self.client,
-                self._work_pool_name,
-                self.name,
-                dead_after=self._recovery.dead_after,
-                retries_on_crash=self._recovery.retries_on_crash,
-                logger=self._logger,
-            )
-        except Exception as exc:  # transient API trouble: the next scan tries again
-            self._logger.warning("recovery scan failed: %r", exc)
-        finally:
-            self._scanning = False
-
     async def _hand_back(self, flow_run: FlowRun, reason: str) -> None:
         try:
             await recovery.requeue(self.client, flow_run, reason)
@@ -492,7 +362,7 @@ class StableNewWorker(
         except Exception as exc:
             # Left claimed here: looked for again once the API answers (or, should this
             # worker die first, put back by the pool's recovery).
-            self._lost_touch = True
+            self.outage.lost_touch = True
             self._logger.warning("could not hand back flow run %s: %r", flow_run.id, exc)
 
     # -- stopping -------------------------------------------------------------------------
@@ -568,7 +438,7 @@ class StableNewWorker(
         except Exception:
             # Unknown (the API is down): if the server took it, the worker gives it back
             # once the API answers again (see _poll); a live worker's runs are nobody else's.
-            self._lost_touch = True
+            self.outage.lost_touch = True
             return False
         return (
             state is not None
@@ -665,7 +535,7 @@ class StableNewWorker(
         try:
             await self._run_claimed(flow_run)
         except Exception:
-            self._lost_touch = True  # its end may not have been written
+            self.outage.lost_touch = True  # its end may not have been written
             raise
         # Every path of _run_claimed leaves a final state, a run handed back or one
         # cancelling; non-zero would make BaseWorker propose CRASHED on top of it.
@@ -738,7 +608,7 @@ class StableNewWorker(
         try:
             run = await self.client.read_flow_run(flow_run.id)
         except Exception as exc:
-            self._lost_touch = True
+            self.outage.lost_touch = True
             self._logger.warning("could not read back taken-back run %s: %r", flow_run.id, exc)
             return
         if recovery.claimant(run) == self.name and run.state_type in (
@@ -786,7 +656,7 @@ class StableNewWorker(
             await self.client.set_flow_run_state(
                 flow_run.id, Cancelled(message=message), force=True
             )
-        elif error is not None and api_unavailable(error) and self._recovery is not None:
+        elif error is not None and api_unavailable(error) and self.duty is not None:
             # Not the job's fault: what a dead worker's runs get (back in the queue, or
             # CRASHED and re-run once if it was generating), with the reason.
             await recovery.recover_worker(
@@ -794,20 +664,13 @@ class StableNewWorker(
                 self.name,
                 [flow_run],
                 why=f"could not reach the Prefect API ({type(error).__name__})",
-                retries_on_crash=self._recovery.retries_on_crash,
+                retries_on_crash=self.duty.policy.retries_on_crash,
                 logger=self._logger,
             )
         elif error is not None:
             await self._propose_crashed_state(
                 flow_run, f"worker caught {type(error).__name__}: {error}"
             )
-
-
-def api_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the Prefect API is down or failing, not that a request was wrong."""
-    if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code >= 500
-    return isinstance(exc, httpx.TransportError)
 
 
 def rank_of(run: FlowRun) -> Rank:
