@@ -66,9 +66,6 @@ POOL_READ_SECONDS = 1.0
 # second into a busy WebUI); one that did not is asked every tick, so jobs resume at once.
 READY_CHECK_SECONDS = 1.0
 JUMP_POLL_SECONDS = 0.5  # a full lookahead looks for priority jumps this often (a count)
-# A lookahead refills when this many of its slots are free, not one by one: each ask costs the
-# server ~25 ms of CPU whatever it hands out, and three staged runs still cover every start.
-CLAIM_BATCH = 2
 # An idle worker counts this often, not every poll tick: 2.5 counts a second keep its cost to
 # the server under 20 ms of CPU a second (bench/scaleout.py), for at most 0.4 s more before a
 # job submitted to an idle pool starts.
@@ -234,8 +231,7 @@ class StableNewWorker(
         if int(self.limiter.borrowed_tokens) > self._cap:
             return []  # the one slot beyond the lookahead is taken by a priority jump
         in_flight = int(self.limiter.borrowed_tokens)
-        # "Full" also while fewer slots are free than a refill takes: only a jump is looked for.
-        full = self._cap - in_flight < min(CLAIM_BATCH, max(self._cap - 1, 1))
+        full = in_flight == self._cap
         now = time.monotonic()
         # Staged runs hold while the pool is paused: the gate learns of it within a second.
         # A paused pool hands out no runs, so nothing is asked for meanwhile.
@@ -275,7 +271,10 @@ class StableNewWorker(
                 return []
         if in_flight == 0:
             self._idle_claim_at = now
-        limit = 1 if full or in_flight == 0 else self._cap + 2
+        # The free slots, and one more: a run that outranks everything staged takes the slot
+        # beyond the lookahead. Each run asked for comes with its record, which the server
+        # serializes and this worker parses.
+        limit = 1 if full or in_flight == 0 else self._cap - in_flight + 1
         responses = await self.scheduled.next(limit, queues)
         staged = gate.staged()
         chosen: list[WorkerFlowRunResponse] = []
