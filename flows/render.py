@@ -13,7 +13,6 @@ from stablenew.orchestration.services.artifacts import apublish_run_artifacts
 from stablenew.orchestration.worker.render import RunCancelled, render_job_run
 from stablenew.orchestration.worker.run_notes import PrefectRunNotes
 from stablenew.records import NormalizedJobRecord
-from stablenew.settings import get_settings
 
 
 @flow(name="render-job", persist_result=False, log_prints=False)
@@ -30,7 +29,6 @@ async def render_job(record: NormalizedJobRecord) -> list[dict[str, Any]] | Stat
     (``orchestration/worker/direct_run.py``); this flow is what any other worker runs.
     """
     logger = get_run_logger()
-    settings = get_settings()
     raw_id = flow_run.get_id()
     run_id = UUID(raw_id) if raw_id else None
     try:
@@ -45,8 +43,5 @@ async def render_job(record: NormalizedJobRecord) -> list[dict[str, Any]] | Stat
         return Cancelled(message=str(e))
     # After the GPU was released: images link to the loopback file server, which makes the
     # thumbnails when the UI asks; the pack's keyed artifact is refreshed at most every 10 s.
-    await apublish_run_artifacts(
-        record, outputs, home=settings.home, output_root=settings.resolved_output_root
-    )
-    logger.info("Job %s wrote %d image(s)", record.job_id, len(outputs))
+    await apublish_run_artifacts(record, outputs)
     return outputs

@@ -29,6 +29,7 @@ from stablenew.gallery.serve import running_server_url, url_for
 from stablenew.gallery.thumbs import thumb_path
 from stablenew.outputs import LATEST
 from stablenew.records import NormalizedJobRecord
+from stablenew.settings import get_settings
 
 PACK_ARTIFACT_INTERVAL = 10.0  # seconds between a worker's updates of one pack's artifact
 _last_pack_update: dict[str, float] = {}
@@ -137,9 +138,6 @@ async def apublish_run_artifacts(
     record: NormalizedJobRecord,
     outputs: Sequence[dict[str, Any]],
     *,
-    home: Path,
-    output_root: Path,
-    force_pack: bool = False,
     run: tuple[PrefectClient, UUID] | None = None,
 ) -> None:
     """Create the run's markdown artifact, and the pack's keyed one when due: for the flow
@@ -147,6 +145,8 @@ async def apublish_run_artifacts(
     from prefect.artifacts import acreate_markdown_artifact
     from prefect.client.schemas.actions import ArtifactCreate
 
+    settings = get_settings()
+    home, output_root = settings.home, settings.resolved_output_root
     server = running_server_url(home, output_root)
     markdown = run_artifact_markdown(record, outputs, server_url=server, output_root=output_root)
     description = f"Outputs of {record.run_name} ({record.job_id})"
@@ -159,7 +159,7 @@ async def apublish_run_artifacts(
                 type="markdown", data=markdown, description=description, flow_run_id=flow_run_id
             )
         )
-    if force_pack or pack_artifact_due(record.pack_id):
+    if pack_artifact_due(record.pack_id):
         await apublish_pack_artifact(
             record.pack_id,
             home=home,

@@ -30,7 +30,6 @@ from stablenew.orchestration.services.artifacts import apublish_run_artifacts
 from stablenew.orchestration.worker.render import RunCancelled, render_job_run
 from stablenew.orchestration.worker.run_notes import PrefectRunNotes
 from stablenew.records import NormalizedJobRecord
-from stablenew.settings import get_settings
 
 RENDER_FLOW = "render-job"
 
@@ -64,15 +63,7 @@ async def drive_render_run(client: PrefectClient, flow_run: FlowRun, logger: Log
         notes = PrefectRunNotes(logger, flow_run.id)
         job = partial(render_job_run, record, flow_run.id, attempt, log=logger, notes=notes)
         outputs = await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
-        settings = get_settings()
-        await apublish_run_artifacts(
-            record,
-            outputs,
-            home=settings.home,
-            output_root=settings.resolved_output_root,
-            run=(client, flow_run.id),
-        )
-        logger.info("Job %s wrote %d image(s)", record.job_id, len(outputs))
+        await apublish_run_artifacts(record, outputs, run=(client, flow_run.id))
         final = Completed()
     except RunCancelled as exc:
         final = Cancelled(message=str(exc))

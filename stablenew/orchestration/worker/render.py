@@ -310,7 +310,9 @@ def render_job_run(
     # A run the pool has meanwhile given to another worker writes neither files nor state.
     cancellation.confirm_ours(run_id)
     stamp = RunStamp(str(run_id) if run_id else None, attempt=max(attempt, 1))
-    return write_outputs(record, images, stamp)
+    outputs = write_outputs(record, images, stamp)
+    log.info("Job %s wrote %d image(s)", record.job_id, len(outputs))
+    return outputs
 
 
 def write_outputs(
