@@ -43,5 +43,5 @@ async def render_job(record: NormalizedJobRecord) -> list[dict[str, Any]] | Stat
         return Cancelled(message=str(e))
     # After the GPU was released: images link to the loopback file server, which makes the
     # thumbnails when the UI asks; the pack's keyed artifact is refreshed at most every 10 s.
-    await apublish_run_artifacts(record, outputs)
+    await apublish_run_artifacts(record, outputs, log=logger)
     return outputs

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -20,6 +21,8 @@ from stablenew.errors import WebUIError
 CONTROL_POLL_SECONDS = 2.0
 # After the worker's loop died: how long its flows (told to stop) may take to end.
 ABANDON_EXIT_SECONDS = 20.0
+# How long the events and log lines still queued for the Prefect API may take to go out.
+FLUSH_SECONDS = 5.0
 log = logging.getLogger("stablenew.worker")
 
 
@@ -177,6 +180,13 @@ def worker(
         _exit_when_flows_end(ABANDON_EXIT_SECONDS)
         raise
     console.print("worker stopped")
+    from stablenew.orchestration._prefect import flush_to_prefect
+
+    if not flush_to_prefect(FLUSH_SECONDS):
+        console.print(f"the Prefect API took no events or logs in {FLUSH_SECONDS:g}s; not waiting")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # Prefect would wait for the API at interpreter exit, for ever
 
 
 def _exit_when_flows_end(timeout: float) -> None:

@@ -6,6 +6,7 @@ against Prefect's temporary server.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from uuid import UUID
@@ -26,6 +27,13 @@ from stablenew.orchestration.server.locate import cached_prefect
 from stablenew.settings import get_settings
 
 PAGE = 200  # the server refuses larger pages
+
+
+def api_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the Prefect API is down or failing, not that a request was wrong."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, httpx.TransportError)
 
 
 def api_url() -> str:
@@ -98,3 +106,21 @@ async def read_runs_by_id(
                 break
             offset += PAGE
     return out
+
+
+def flush_to_prefect(timeout: float) -> bool:
+    """Send the events and log lines still queued for the API, for at most ``timeout``
+    seconds; whether they all went. Prefect itself drains these queues at interpreter exit
+    with no time limit: with the API down (a stopped server), a process would never exit."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    deadline = time.monotonic() + timeout
+    for service in (EventsWorker, APILogWorker):
+        left = max(0.0, deadline - time.monotonic())
+        outcome = service.drain_all(timeout=left)
+        # Without a running event loop (a CLI process ending) it waits, returning futures.
+        assert isinstance(outcome, tuple)
+        if outcome[1]:
+            return False
+    return True

@@ -185,6 +185,31 @@ class FaultLab:
         path = self.home / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def worker_log_tails(self, lines: int = 25) -> str:
+        """The last lines of each worker's log that say more than "this job ran"."""
+        routine = (
+            "submitting flow run",
+            "GPU to run",
+            "Beginning flow",
+            "wrote ",
+            "in state Completed",
+        )
+        tails = []
+        for path in sorted(self.home.glob("worker-*.log")):
+            text = path.read_text(errors="replace").splitlines()
+            kept = [line for line in text if not any(r in line for r in routine)]
+            tails.append(f"--- {path.name}:\n" + "\n".join(kept[-lines:]))
+        return "\n".join(tails)
+
+    def wait_settled(self, pack_id: str, jobs: int, timeout: float, what: str) -> None:
+        """:func:`settled`, waited for; a timeout says which runs are left and what the
+        workers logged last (all a CI run keeps of a failure)."""
+        try:
+            wait(lambda: settled(pack_id, jobs), timeout, what)
+        except AssertionError as exc:
+            left = unsettled(pack_id)
+            raise AssertionError(f"{exc}\n{left}\n{self.worker_log_tails()}") from None
+
     def stop_all(self) -> None:
         for proc in self.procs:
             kill(proc, signal.SIGKILL)
@@ -283,6 +308,25 @@ def settled(pack_id: str, jobs: int) -> bool:
         return False
     done = {r.parameters["record"]["job_id"] for r in runs if r.state and r.state.is_completed()}
     return len(done) == jobs
+
+
+def unsettled(pack_id: str) -> str:
+    """The pack's runs that keep it from being settled, one line each."""
+    from stablenew.orchestration.worker.recovery import claimant
+
+    runs = runs_of(pack_id)
+    done = {r.parameters["record"]["job_id"] for r in runs if r.state and r.state.is_completed()}
+    lines = []
+    for r in runs:
+        job = r.parameters["record"]["job_id"]
+        if r.state is None or not (r.state.is_final() and job in done):
+            state = f"{r.state.type.value} {r.state.name!r}" if r.state else "no state"
+            message = (r.state.message or "")[:120] if r.state else ""
+            lines.append(
+                f"run {r.id} job {job[-10:]}: {state} by {claimant(r)} "
+                f"since {r.state.timestamp if r.state else '-'}: {message}"
+            )
+    return f"{len(lines)} run(s) left:\n" + "\n".join(lines)
 
 
 def completions_per_job(pack_id: str) -> Counter[str]:

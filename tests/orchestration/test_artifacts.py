@@ -105,3 +105,22 @@ def test_run_and_pack_artifacts_show_images(
 
     art = asyncio.run(latest())
     assert f"{len(records)} of {len(records)} job(s)" in str(art.data)
+
+
+def test_an_unreachable_api_costs_the_run_its_artifact_not_the_job(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The images are written when the artifact is created: a Prefect API down for longer
+    than the client's retries must not turn a rendered job into a FAILED run."""
+    from prefect.client.orchestration import PrefectClient
+
+    from stablenew.orchestration.server.embedded import free_port
+    from stablenew.orchestration.services.artifacts import apublish_run_artifacts
+    from tests.orchestration.conftest import make_record
+
+    async def publish() -> None:
+        async with PrefectClient(api=f"http://127.0.0.1:{free_port()}/api") as client:
+            await apublish_run_artifacts(make_record("unreachable"), [], run=(client, uuid.uuid4()))
+
+    asyncio.run(publish())
+    assert "artifact was not created: the Prefect API is unreachable" in caplog.text

@@ -15,6 +15,7 @@ its contact sheet and gallery links; the worker updates it at most every
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -30,6 +31,9 @@ from stablenew.gallery.thumbs import thumb_path
 from stablenew.outputs import LATEST
 from stablenew.records import NormalizedJobRecord
 from stablenew.settings import get_settings
+
+Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
+logger = logging.getLogger("stablenew.artifacts")
 
 PACK_ARTIFACT_INTERVAL = 10.0  # seconds between a worker's updates of one pack's artifact
 _last_pack_update: dict[str, float] = {}
@@ -139,9 +143,31 @@ async def apublish_run_artifacts(
     outputs: Sequence[dict[str, Any]],
     *,
     run: tuple[PrefectClient, UUID] | None = None,
+    log: Logger | None = None,
 ) -> None:
     """Create the run's markdown artifact, and the pack's keyed one when due: for the flow
-    run of the current context, or for ``run`` (a client and a flow run id) outside one."""
+    run of the current context, or for ``run`` (a client and a flow run id) outside one.
+
+    The job is done when this is called (its images are written): an API that stays
+    unreachable through the client's retries costs the run its artifact, never the job
+    (the run would end FAILED once the API is back, and nothing would run it again)."""
+    from stablenew.orchestration._prefect import api_unavailable
+
+    try:
+        await _apublish_run_artifacts(record, outputs, run)
+    except Exception as exc:
+        if not api_unavailable(exc):
+            raise
+        (log or logger).warning(
+            "The run's artifact was not created: the Prefect API is unreachable (%r)", exc
+        )
+
+
+async def _apublish_run_artifacts(
+    record: NormalizedJobRecord,
+    outputs: Sequence[dict[str, Any]],
+    run: tuple[PrefectClient, UUID] | None,
+) -> None:
     from prefect.artifacts import acreate_markdown_artifact
     from prefect.client.schemas.actions import ArtifactCreate
 

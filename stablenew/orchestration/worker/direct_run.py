@@ -27,6 +27,7 @@ from prefect.utilities.engine import propose_state
 from pydantic import ValidationError
 
 from stablenew.orchestration.services.artifacts import apublish_run_artifacts
+from stablenew.orchestration.worker.outage import steadily
 from stablenew.orchestration.worker.render import RunCancelled, render_job_run
 from stablenew.orchestration.worker.run_notes import PrefectRunNotes
 from stablenew.records import NormalizedJobRecord
@@ -52,7 +53,10 @@ async def drive_render_run(client: PrefectClient, flow_run: FlowRun, logger: Log
         logger.error("%s %s", message, exc)
         failed = await exception_to_failed_state(exc, message=message)
         return await propose_state(client, failed, flow_run_id=flow_run.id)
-    state = await propose_state(client, Running(), flow_run_id=flow_run.id)
+    # Asked afresh while the API is down (see outage.steadily): the run holds one of the
+    # worker's slots meanwhile. A RUNNING that reached a server killed before it answered
+    # is proposed twice and counted as two tries, which only such a crash can do.
+    state = await steadily(partial(propose_state, client, Running(), flow_run_id=flow_run.id))
     if not state.is_running():
         return state
     logger.info("Beginning flow run %r for flow %r", flow_run.name, RENDER_FLOW)
@@ -63,7 +67,7 @@ async def drive_render_run(client: PrefectClient, flow_run: FlowRun, logger: Log
         notes = PrefectRunNotes(logger, flow_run.id)
         job = partial(render_job_run, record, flow_run.id, attempt, log=logger, notes=notes)
         outputs = await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
-        await apublish_run_artifacts(record, outputs, run=(client, flow_run.id))
+        await apublish_run_artifacts(record, outputs, run=(client, flow_run.id), log=logger)
         final = Completed()
     except RunCancelled as exc:
         final = Cancelled(message=str(exc))
@@ -72,6 +76,8 @@ async def drive_render_run(client: PrefectClient, flow_run: FlowRun, logger: Log
     except Exception as exc:
         logger.error("Encountered exception during execution: %r", exc, exc_info=True)
         final = await exception_to_failed_state(exc, message="Flow run encountered an exception:")
-    state = await propose_state(client, final, flow_run_id=flow_run.id)
+    # A final state that reached the server before it died is refused the second time
+    # (Abort): the caller then reads the run, which has ended.
+    state = await steadily(partial(propose_state, client, final, flow_run_id=flow_run.id))
     logger.info("Finished in state %s", state)
     return state

@@ -39,6 +39,7 @@ from prefect.workers.base import (
     BaseWorker,
 )
 
+from stablenew.orchestration._prefect import api_unavailable
 from stablenew.orchestration.services.deployments import project_root
 from stablenew.orchestration.services.pool import QUEUE_PRIORITY
 from stablenew.orchestration.worker import cancellation, gpu_gate, recovery
@@ -50,7 +51,7 @@ from stablenew.orchestration.worker.job_configuration import (
     StableNewVariables,
     StableNewWorkerResult,
 )
-from stablenew.orchestration.worker.outage import ApiOutage, api_unavailable
+from stablenew.orchestration.worker.outage import API_PATIENCE_SECONDS, ApiOutage
 from stablenew.orchestration.worker.recovery_duty import (
     ORPHAN_MIN_AGE_SECONDS,
     RecoveryDuty,
@@ -157,10 +158,14 @@ class StableNewWorker(
         self._cannot_run: str | None = None
         self._retry_load_at = 0.0
         # While the Prefect API is away the worker waits for it instead of exiting.
-        self.outage = ApiOutage(self._logger)
+        self.outage = ApiOutage(self._logger, probe=self._hello)
+
+    async def _hello(self) -> None:
+        if self._client is not None:
+            await self._client.hello()
 
     async def sync_with_backend(self) -> None:
-        await self.outage.through(super().sync_with_backend, None)
+        await self.outage.through(super().sync_with_backend, None, patience=API_PATIENCE_SECONDS)
 
     # -- polling --------------------------------------------------------------------------
 
@@ -168,11 +173,12 @@ class StableNewWorker(
         self._loop = asyncio.get_running_loop()
         if self._stopping:
             return []
-        return await self.outage.through(self._poll, [])
+        if self.duty is not None and not self.outage.ongoing:
+            # Not cut short: putting many runs right may take longer than one poll's patience.
+            await self.outage.through(partial(self._recovery_duty, self.duty), None)
+        return await self.outage.through(self._poll, [], patience=API_PATIENCE_SECONDS)
 
     async def _poll(self) -> list[FlowRun]:
-        if self.duty is not None:
-            await self._recovery_duty(self.duty)
         if self._min_poll_seconds:
             now = time.monotonic()
             if now - self._last_poll < self._min_poll_seconds:
