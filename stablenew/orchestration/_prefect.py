@@ -119,8 +119,8 @@ def flush_to_prefect(timeout: float) -> bool:
     for service in (EventsWorker, APILogWorker):
         left = max(0.0, deadline - time.monotonic())
         outcome = service.drain_all(timeout=left)
-        # Without a running event loop (a CLI process ending) it waits, returning futures.
-        assert isinstance(outcome, tuple)
+        if not isinstance(outcome, tuple):  # an awaitable: called inside an event loop
+            raise RuntimeError("flush_to_prefect is for a process ending, outside any loop")
         if outcome[1]:
             return False
     return True
