@@ -235,12 +235,15 @@ def test_duplicate_submission_is_refused_unless_asked(live: LiveStack) -> None:
 
 
 def test_webui_down_holds_jobs_queued_and_says_why(live: LiveStack) -> None:
+    """Jobs submitted while the worker holds stay queued. (A WebUI that answered is probed
+    once a second, so a job claimed in the second before it starts refusing can still fail
+    with the WebUI's 401: that is why the job goes in after the hold is seen.)"""
     service = JobService()
     live.sim("POST", "faults", reject_auth=True)  # the worker's WebUI refuses it
-    rec = make_record("held back")
-    service.submit([rec])
     state = wait_for(lambda: (s := service.queue_state()).holds and s, what="a hold reason")
     assert "refuses" in state.holds[0]
+    rec = make_record("held back")
+    service.submit([rec])
     time.sleep(1.5)  # several polls: still not drained into FAILED
     assert service.status(rec.job_id).status == JobStatus.QUEUED
     live.sim("POST", "faults", reject_auth=False)
