@@ -306,8 +306,7 @@ def settled(pack_id: str, jobs: int) -> bool:
     active = {StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING}
     if any(r.state is None or r.state.type in active for r in runs):
         return False
-    done = {r.parameters["record"]["job_id"] for r in runs if r.state and r.state.is_completed()}
-    return len(done) == jobs
+    return len(_completed_jobs(runs)) == jobs
 
 
 def unsettled(pack_id: str) -> str:
@@ -315,7 +314,7 @@ def unsettled(pack_id: str) -> str:
     from stablenew.orchestration.worker.recovery import claimant
 
     runs = runs_of(pack_id)
-    done = {r.parameters["record"]["job_id"] for r in runs if r.state and r.state.is_completed()}
+    done = _completed_jobs(runs)
     lines = []
     for r in runs:
         job = r.parameters["record"]["job_id"]
@@ -327,6 +326,10 @@ def unsettled(pack_id: str) -> str:
                 f"since {r.state.timestamp if r.state else '-'}: {message}"
             )
     return f"{len(lines)} run(s) left:\n" + "\n".join(lines)
+
+
+def _completed_jobs(runs: Sequence[FlowRun]) -> set[str]:
+    return {r.parameters["record"]["job_id"] for r in runs if r.state and r.state.is_completed()}
 
 
 def completions_per_job(pack_id: str) -> Counter[str]:

@@ -94,7 +94,7 @@ def submit(pack: str, jobs: int, priority: str = "normal", **over: object) -> li
 
 def test_every_job_rendered_exactly_once_across_both_workers(fleet: Fleet) -> None:
     submit("once", 12)
-    wait(lambda: settled("once", 12), 60, "the pack to complete")
+    fleet.lab.wait_settled("once", 12, 60, "the pack to complete")
 
     assert set(completions_per_job("once").values()) == {1}
     per_sim = fleet.generations("once ")
@@ -148,7 +148,7 @@ def test_pause_holds_both_workers_and_resume_restarts_both(fleet: Fleet) -> None
     assert not settled("pause", 20)
 
     JobService().resume()
-    wait(lambda: settled("pause", 20), 60, "the pack to complete after resume")
+    fleet.lab.wait_settled("pause", 20, 60, "the pack to complete after resume")
     per_sim = fleet.generations("pause ")
     assert all(sum(c.values()) > h for c, h in zip(per_sim, held, strict=True)), (held, per_sim)
     together = sum(per_sim, Counter())

@@ -34,7 +34,6 @@ from tests.orchestration.faults import (
     kill,
     pack_runs,
     runs_of,
-    settled,
     states,
     wait,
 )
@@ -82,7 +81,7 @@ def test_sigkill_mid_job_with_full_lookahead_then_a_new_worker(
     kill(first, signal.SIGKILL)
     held = claimed_by(pack, "doomed")
     api.start_worker("rescuer", sim.url)
-    wait(lambda: settled(pack, 8), 90, "every job to complete after the kill")
+    api.wait_settled(pack, 8, 90, "every job to complete after the kill")
 
     assert set(completions_per_job(pack).values()) == {1}, "a job completed twice"
     runs = runs_of(pack)
@@ -124,7 +123,7 @@ def test_sigkill_one_of_two_workers_the_other_finishes_everything(api: FaultLab)
     api.start_worker("b-survivor", sims[1].url, lookahead=3)
     wait(lambda: claimed_by(pack, "a-doomed") >= 2, 60, "the doomed worker to hold runs")
     kill(doomed, signal.SIGKILL)
-    wait(lambda: settled(pack, 12), 90, "the survivor to finish the pack")
+    api.wait_settled(pack, 12, 90, "the survivor to finish the pack")
     assert set(completions_per_job(pack).values()) == {1}
     assert claimed_by(pack, "a-doomed") == 0
 
@@ -138,7 +137,7 @@ def test_restarted_worker_finds_nothing_half_held(api: FaultLab) -> None:
     wait(lambda: sim.busy() and claimed_by(pack, "gpu-0") >= 3, 60, "runs claimed")
     kill(first, signal.SIGKILL)
     api.start_worker("gpu-0", sim.url, lookahead=3)
-    wait(lambda: settled(pack, 6), 90, "every job to complete after the restart")
+    api.wait_settled(pack, 6, 90, "every job to complete after the restart")
     assert set(completions_per_job(pack).values()) == {1}
     assert "was restarted" in "".join(
         r.state.message or "" for r in runs_of(pack) if r.state and r.state.is_crashed()
@@ -164,7 +163,7 @@ def test_graceful_stop_hands_back_and_strands_nothing(api: FaultLab, sig: int) -
     assert "worker stopped" in api.log("worker-stopping")
 
     api.start_worker("after", sim.url)
-    wait(lambda: settled(pack, 8), 90, "the pack to finish on another worker")
+    api.wait_settled(pack, 8, 90, "the pack to finish on another worker")
     assert set(completions_per_job(pack).values()) == {1}
     assert max(sim.generations().values()) == 1, "a job was generated twice"
 
@@ -388,7 +387,7 @@ def test_a_live_worker_judged_dead_lets_go_of_what_the_pool_took_back(api: Fault
         "'alive' to interrupt the generation of the run that was crashed under it",
     )
     slow.call("POST", "timing", seconds_per_step=0.05)  # what 'alive' claims next goes fast
-    wait(lambda: settled(pack, 3), 90, "every job to complete once")
+    api.wait_settled(pack, 3, 90, "every job to complete once")
     # Prefect looks settled at once; what 'alive' does next is the point: its WebUI must go
     # quiet (the generation cut short) and stay so, not render the runs taken from it.
     idle_since: list[float] = []
@@ -549,7 +548,7 @@ def test_deployments_hold_no_path_of_the_deploying_machine(api: FaultLab, tmp_pa
     elsewhere = tmp_path / "some-other-dir"
     elsewhere.mkdir()
     api.start_worker("elsewhere", sim.url, cwd=elsewhere)
-    wait(lambda: settled(pack, 2), 60, "the jobs to complete")
+    api.wait_settled(pack, 2, 60, "the jobs to complete")
 
 
 def test_a_worker_that_cannot_load_the_flow_holds_instead_of_draining(api: FaultLab) -> None:
