@@ -1,7 +1,8 @@
-"""How a GPU worker asks for work, on the real stack: asking (``get_scheduled_flow_runs``)
-marks queues and deployments polled and costs the server several times what counting the due
-runs does, so a worker with nothing to fill counts, and asks only when a run is due (or every
-``READY_POLL_SECONDS``, which keeps the queues "ready" in Prefect's UI)."""
+"""How a GPU worker asks for work, on the real stack: asking (our claim route, or Prefect's
+``get_scheduled_flow_runs`` where the server lacks it) marks queues and deployments polled and
+costs the server several times what counting the due runs does, so a worker with nothing to
+fill counts, and asks only when a run is due (or every ``READY_POLL_SECONDS``, which keeps the
+queues "ready" in Prefect's UI)."""
 
 from __future__ import annotations
 
@@ -28,11 +29,17 @@ class Recorded:
     def __init__(self, worker: StableNewWorker) -> None:
         self.asks: list[int] = []
         self.counts: list[bool] = []
-        ask, count = worker.scheduled.next, worker.scheduled.due
+        ask, claim, count = worker.scheduled.next, worker.scheduled.claim, worker.scheduled.due
 
         async def asking(limit: int, queues: list[str] | None = None) -> Any:
             got = await ask(limit, queues)
             self.asks.append(len(got))
+            return got
+
+        async def claiming(limit: int, queues: list[str] | None, **how: Any) -> Any:
+            got = await claim(limit, queues, **how)
+            if got is not None:  # None: the server lacks our route, and next() asks
+                self.asks.append(len(got))
             return got
 
         async def counting(queues: list[str] | None) -> bool:
@@ -41,11 +48,13 @@ class Recorded:
             return due
 
         worker.scheduled.next = asking  # type: ignore[method-assign]
+        worker.scheduled.claim = claiming  # type: ignore[method-assign]
         worker.scheduled.due = counting  # type: ignore[method-assign]
 
 
+@pytest.mark.parametrize("route", ["claim route", "Prefect's ask"])
 def test_an_idle_worker_counts_due_runs_and_asks_only_when_one_is_due(
-    live: LiveStack, monkeypatch: pytest.MonkeyPatch
+    live: LiveStack, monkeypatch: pytest.MonkeyPatch, route: str
 ) -> None:
     service = JobService()
     service.pause()  # the stack's own worker claims nothing meanwhile
@@ -57,6 +66,9 @@ def test_an_idle_worker_counts_due_runs_and_asks_only_when_one_is_due(
             work_pool_name=POOL, name=f"poll-{uuid.uuid4().hex[:8]}", lookahead=4
         )
         seen = Recorded(worker_with_gate)
+        if route != "claim route":
+            # A path no server has stands for a Prefect server without our claim route.
+            monkeypatch.setattr(scheduled_runs, "CLAIM_ROUTE", "/stablenew/absent/claim")
         async with worker, worker_with_gate:
             # The queued job is due in "normal", not in the queues that outrank it.
             assert await worker.scheduled.due(None) is True
@@ -85,6 +97,7 @@ def test_an_idle_worker_counts_due_runs_and_asks_only_when_one_is_due(
             await asyncio.sleep(worker_module.IDLE_COUNT_SECONDS)
             assert await worker_with_gate.get_and_submit_flow_runs() == []
             assert seen.asks == [0, 0]
+            assert worker_with_gate.scheduled.can_claim is (route == "claim route")
 
     before = gpu_gate.installed()  # a GPU worker installs its gate for this process's flows
     try:

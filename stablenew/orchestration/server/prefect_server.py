@@ -7,8 +7,9 @@ The three fixes: cursors are closed when a statement fails (below), a 503 for a 
 database carries a short ``Retry-After`` (see :func:`retry_soon_when_locked`), and the frequent
 writes that read before they write take SQLite's write lock first (see
 :func:`write_at_once_where_read_then_write`). The server
-also gets two routes of ours: a faster bulk creation of flow runs (see ``bulk_route``) and
-cancelling many runs in one transaction (see ``cancel_route``).
+also gets three routes of ours: a faster bulk creation of flow runs (see ``bulk_route``),
+cancelling many runs in one transaction (see ``cancel_route``) and a worker's claim of its
+next runs in one request (see ``claim_route``).
 
 The first stall (measured on the bench before the fix: whole-server freezes of 60-120 s,
 several per few hundred jobs): SQLAlchemy 2.0's aiosqlite adapter leaves its cursor open when
@@ -195,17 +196,19 @@ def write_at_once_where_read_then_write() -> None:
 
 
 def add_our_routes() -> None:
-    """Serve :mod:`stablenew.orchestration.server.bulk_route` and
-    :mod:`stablenew.orchestration.server.cancel_route` beside Prefect's own routes."""
+    """Serve :mod:`stablenew.orchestration.server.bulk_route`,
+    :mod:`stablenew.orchestration.server.cancel_route` and
+    :mod:`stablenew.orchestration.server.claim_route` beside Prefect's own routes."""
     from prefect.server.api import server as api_server
 
-    from stablenew.orchestration.server import bulk_route, cancel_route
+    from stablenew.orchestration.server import bulk_route, cancel_route, claim_route
 
     # create_api_app() includes every router of this tuple when it builds the app.
     api_server.API_ROUTERS = (  # type: ignore[assignment]
         *api_server.API_ROUTERS,
         bulk_route.router,
         cancel_route.router,
+        claim_route.router,
     )
 
 

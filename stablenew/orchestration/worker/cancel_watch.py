@@ -76,6 +76,9 @@ class CancelWatch:
     def tracks(self, flow_run_id: UUID) -> bool:
         return flow_run_id in self._in_flight
 
+    def tracked(self) -> list[UUID]:
+        return list(self._in_flight)
+
     def cancelled(self, flow_run_id: UUID) -> bool:
         """Whether the watch has seen ``flow_run_id`` CANCELLING."""
         entry = self._in_flight.get(flow_run_id)

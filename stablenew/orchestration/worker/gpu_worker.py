@@ -151,6 +151,7 @@ class StableNewWorker(
             else None
         )
         self._unlabeled: set[UUID] = set()
+        self._claimed: set[UUID] = set()  # claimed and labelled by the server's claim route
         self._stopping = False
         self._stop_now = asyncio.Event()
         # Why this worker cannot run jobs at all (its copy of the flow code does not load):
@@ -254,6 +255,8 @@ class StableNewWorker(
             staged = gate.staged()
             worst = max((rank[0] for rank in staged.values()), default=0)
             queues = [name for name, prio in QUEUE_PRIORITY.items() if prio < worst]
+            if self.scheduled.ready_poll_due(now) and self.scheduled.can_claim:
+                await self._claim(0, None)  # claims nothing; keeps every queue "ready"
             if self.scheduled.ready_poll_due(now):
                 queues = None  # every queue, so all stay "ready"; only a better run is taken
             elif not queues or not await self.scheduled.worth_asking(queues):
@@ -277,9 +280,15 @@ class StableNewWorker(
                 return []
         if in_flight == 0:
             self._idle_claim_at = now
-        # The free slots, and one more: a run that outranks everything staged takes the slot
-        # beyond the lookahead. Each run asked for comes with its record, which the server
-        # serializes and this worker parses.
+        # Our server claims the runs it hands out (see server/claim_route.py): as many as
+        # this worker takes, a priority jump only from the queues that rank above the staged.
+        claimed = await self._claim(1 if full or in_flight == 0 else self._cap - in_flight, queues)
+        if claimed is not None:
+            return await self._submit_claimed(gate, claimed)
+        # Any other Prefect server: ask, then claim run by run. The free slots, and one
+        # more: a run that outranks everything staged takes the slot beyond the lookahead.
+        # Each run asked for comes with its record, which the server serializes and this
+        # worker parses.
         limit = 1 if full or in_flight == 0 else self._cap - in_flight + 1
         responses = await self.scheduled.next(limit, queues)
         staged = gate.staged()
@@ -310,6 +319,57 @@ class StableNewWorker(
                 gate.forget(response.flow_run.id)
         return submitted
 
+    async def _claim(
+        self, limit: int, queues: list[str] | None
+    ) -> list[WorkerFlowRunResponse] | None:
+        exclude = list(self._submitting_flow_run_ids)
+        if self._watch is not None:
+            # Still held here (put back in the queue, this worker judged dead, while its flow
+            # has yet to notice): claimable again once that flow has let go.
+            exclude += self._watch.tracked()
+        try:
+            return await self.scheduled.claim(
+                limit,
+                queues,
+                message=recovery.claim_message(self.name),
+                labels=self._worker_labels(),
+                exclude=exclude,
+            )
+        except BaseException:
+            # The server may have claimed runs for this worker whose answer never came: they
+            # are looked for (and put back) once the API answers again.
+            self.outage.lost_touch = True
+            raise
+
+    def _worker_labels(self) -> dict[str, Any]:
+        """The labels BaseWorker gives every run it claims (see
+        ``_give_worker_labels_to_flow_run``)."""
+        labels: dict[str, Any] = {
+            "prefect.worker.name": self.name,
+            "prefect.worker.type": self.type,
+        }
+        if self._work_pool is not None:
+            labels["prefect.work-pool.name"] = self._work_pool.name
+            labels["prefect.work-pool.id"] = str(self._work_pool.id)
+        return labels
+
+    async def _submit_claimed(
+        self, gate: GpuGate, claimed: list[WorkerFlowRunResponse]
+    ) -> list[FlowRun]:
+        """Start runs the server has claimed (PENDING, labelled) for this worker."""
+        for response in claimed:
+            self._claimed.add(response.flow_run.id)
+            gate.expect(response.flow_run.id, rank_of(response.flow_run))
+        submitted = await self._submit_scheduled_flow_runs(claimed)
+        submitted_ids = {run.id for run in submitted}
+        for response in claimed:
+            run = response.flow_run
+            if run.id not in submitted_ids:
+                gate.forget(run.id)
+                self._claimed.discard(run.id)
+                await self._hand_back(run, f"Handed back: {self.name} had no slot for it")
+        return submitted
+
     async def _paused(self, gate: GpuGate, now: float) -> bool:
         """Whether the pool is paused, read at most every POOL_READ_SECONDS (the gate keeps
         the flag: staged runs hold while it is set)."""
@@ -321,6 +381,7 @@ class StableNewWorker(
 
     def _release_limit_slot(self, flow_run_id: UUID) -> None:
         super()._release_limit_slot(flow_run_id)
+        self._claimed.discard(flow_run_id)
         if self._watch is not None:
             self._watch.untrack(flow_run_id)
         if self.gate is not None:
@@ -420,6 +481,8 @@ class StableNewWorker(
     async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
         """Claim the run, saying by whom in the same write: if this worker dies before the
         run starts, the pool knows whose claim to give back (see ``recovery``)."""
+        if flow_run.id in self._claimed:
+            return True  # claimed by the server for this worker, in the same words
         try:
             state = await propose_state(
                 self.client,
@@ -455,6 +518,9 @@ class StableNewWorker(
         """The worker's name on the run says who runs it (history shows it, recovery relies
         on it); a run that cannot be labelled is handed back, not run: in BaseWorker a
         failed label write would report the whole run as CRASHED."""
+        if flow_run_id in self._claimed:
+            self._claimed.discard(flow_run_id)
+            return  # labelled by the server as it claimed the run
         for attempt in range(LABEL_ATTEMPTS):
             try:
                 await super()._give_worker_labels_to_flow_run(flow_run_id)

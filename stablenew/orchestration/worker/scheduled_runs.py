@@ -30,6 +30,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.responses import WorkerFlowRunResponse
 
+CLAIM_ROUTE = "/stablenew/work_pools/{name}/claim"  # see server/claim_route.py
 READY_POLL_SECONDS = 10.0
 FRUITLESS_ASK_SECONDS = 1.0  # the count saw runs the ask did not get (a paused queue): back off
 
@@ -49,6 +50,7 @@ class ScheduledRuns:
         self._left_some = False
         self._counted_due = False
         self._quiet_until = 0.0
+        self.can_claim = True  # until the server turns out to lack our claim route
 
     def ready_poll_due(self, now: float) -> bool:
         """Whether the queues must be asked now, due runs or not, to stay "ready"."""
@@ -124,3 +126,56 @@ class ScheduledRuns:
                 return self.asked([], limit)
             raise
         return self.asked(WorkerFlowRunResponse.model_validate_list(response.json()), limit)
+
+    async def claim(
+        self,
+        limit: int,
+        queues: list[str] | None,
+        *,
+        message: str,
+        labels: dict[str, Any],
+        exclude: list[Any],
+    ) -> list[WorkerFlowRunResponse] | None:
+        """Ask for the ``limit`` best scheduled runs, claimed in the same request (PENDING
+        with ``message``, and ``labels``): see ``server/claim_route.py``. ``None`` when the
+        server lacks the route (any Prefect server but ours): then :meth:`next` and a claim
+        per run. ``limit`` 0 claims nothing and keeps the queues "ready"."""
+        if not self.can_claim:
+            return None
+        served = self._queues()
+        body: dict[str, Any] = {
+            "message": message,
+            "labels": labels,
+            "limit": limit,
+            "exclude": [str(run_id) for run_id in exclude],
+        }
+        if queues is not None:
+            names = [q for q in queues if not served or q in served]
+            if not names:
+                return self.asked([], limit)
+            body["work_queue_names"] = names
+        elif served:
+            body["work_queue_names"] = sorted(served)
+        try:
+            response = await self._client().request(
+                "POST",
+                CLAIM_ROUTE,  # type: ignore[arg-type]
+                path_params={"name": self._pool},
+                json=body,
+            )
+        except httpx.HTTPStatusError as e:
+            if e.response.status_code != 404:
+                raise
+            if _no_such_route(e.response):
+                self.can_claim = False
+                return None
+            return self.asked([], limit)  # the pool or a queue is gone, as next() sees it
+        return self.asked(WorkerFlowRunResponse.model_validate_list(response.json()), limit)
+
+
+def _no_such_route(response: httpx.Response) -> bool:
+    """FastAPI's answer for a path it does not serve (ours name what is missing)."""
+    try:
+        return bool(response.json().get("detail") == "Not Found")
+    except ValueError:
+        return True

@@ -1,0 +1,182 @@
+"""A claim route that the embedded Prefect server adds: the next runs of a pool, claimed.
+
+    POST /stablenew/work_pools/{name}/claim
+    body:   {"message": "Claimed by gpu-0", "labels": {"prefect.worker.name": "gpu-0", ...},
+             "limit": 2, "work_queue_names": ["urgent"] (optional), "exclude": [ids]}
+    answer: [{"work_pool_id", "work_queue_id", "flow_run"}] as ``get_scheduled_flow_runs``
+            answers, each run already PENDING with ``message`` and carrying ``labels``
+
+A Prefect worker takes a run in three requests: ``get_scheduled_flow_runs`` (which also
+marks the pool's queues and deployments polled: writes), a proposed PENDING, and a PATCH of
+the worker's labels. Here that cost ~40 ms of the server's CPU per job (``bench/floor.py``),
+and workers asking at the same time are handed the same head of the queue: the loser's PENDING
+is refused and its GPU waits for its next poll. This route does all three in ONE
+transaction that takes the write lock first (SQLite: BEGIN IMMEDIATE; PostgreSQL: Prefect's
+own query locks the runs it selects FOR UPDATE SKIP LOCKED, so a second worker gets the runs
+after them), so two workers never get the same run.
+
+Each run gets exactly what Prefect's own requests do: its query
+(``models.workers.get_scheduled_flow_runs``: queue priority, then time; paused pools and queues
+and concurrency limits respected), then a proposed PENDING decided by Prefect's own
+orchestration (``models.flow_runs.set_flow_run_state`` with the server's flow policy, which
+writes the state and emits its ``prefect.flow-run.Pending`` event; a run it does not accept is
+skipped), then the labels merged into the run's as ``models.flow_runs.update_flow_run_labels``
+merges them (that function commits on its own, so the write is made here). The queues and
+deployments are marked polled as Prefect's route marks them, at most every
+``READY_MARK_SECONDS`` per pool: well inside the 60 s after which Prefect shows them not ready.
+``limit`` 0 claims nothing and only marks them.
+
+This module runs inside the server process only (see ``prefect_server``); against any other
+Prefect server the route is missing (404) and the worker claims with Prefect's requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, cast
+from uuid import UUID
+
+import sqlalchemy as sa
+from fastapi import Body, Depends, HTTPException, Path, status
+from prefect.server import models, schemas
+from prefect.server.api import dependencies
+from prefect.server.database import PrefectDBInterface, provide_database_interface
+from prefect.server.models.deployments import mark_deployments_ready
+from prefect.server.models.work_queues import mark_work_queues_ready
+from prefect.server.orchestration import dependencies as orchestration_dependencies
+from prefect.server.orchestration.policies import FlowRunOrchestrationPolicy
+from prefect.server.schemas.statuses import WorkQueueStatus
+from prefect.server.utilities.server import PrefectRouter
+
+logger = logging.getLogger(__name__)
+
+ROUTE = "/stablenew/work_pools/{name}/claim"
+MAX_CLAIM = 32  # runs per request: the transaction holds SQLite's write lock meanwhile
+READY_MARK_SECONDS = 5.0
+
+router = PrefectRouter(prefix="/stablenew", tags=["StableNew"])
+_marked: dict[UUID, float] = {}  # pool id -> when its queues were last marked polled
+
+# Prefect's models take their database interface by injection, which mypy cannot follow.
+_Call = Callable[..., Awaitable[Any]]
+_read_work_pool_by_name = cast(_Call, models.workers.read_work_pool_by_name)
+_read_work_queues = cast(_Call, models.workers.read_work_queues)
+_get_scheduled_flow_runs = cast(_Call, models.workers.get_scheduled_flow_runs)
+
+
+@router.post("/work_pools/{name}/claim")
+async def claim_flow_runs(
+    docket: dependencies.Docket,
+    work_pool_name: str = Path(..., alias="name"),
+    message: str = Body(...),
+    labels: dict[str, Any] = Body(default_factory=dict),
+    limit: int = Body(1, ge=0, le=MAX_CLAIM),
+    work_queue_names: list[str] | None = Body(None),
+    exclude: list[UUID] = Body(default_factory=list),
+    db: PrefectDBInterface = Depends(provide_database_interface),
+    flow_policy: type[FlowRunOrchestrationPolicy] = Depends(
+        orchestration_dependencies.provide_flow_policy
+    ),
+    orchestration_parameters: dict[str, Any] = Depends(
+        orchestration_dependencies.provide_flow_orchestration_parameters
+    ),
+    api_version: str = Depends(dependencies.provide_request_api_version),
+    client_version: str | None = Depends(dependencies.get_prefect_client_version),
+) -> list[schemas.responses.WorkerFlowRunResponse]:
+    orchestration_parameters.update({"api-version": api_version})
+    claimed: list[schemas.responses.WorkerFlowRunResponse] = []
+    skip = set(exclude)
+    async with db.session_context(begin_transaction=True, with_for_update=True) as session:
+        pool = await _read_work_pool_by_name(session=session, work_pool_name=work_pool_name)
+        if pool is None:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND, f"Work pool {work_pool_name!r} not found."
+            )
+        queues = list(await _read_work_queues(session=session, work_pool_id=pool.id))
+        if work_queue_names:
+            unknown = set(work_queue_names) - {q.name for q in queues}
+            if unknown:
+                raise HTTPException(
+                    status.HTTP_404_NOT_FOUND,
+                    f"Work pool queue(s) {sorted(unknown)} of {work_pool_name!r} not found.",
+                )
+            queues = [q for q in queues if q.name in work_queue_names]
+        pool_id = pool.id
+        polled = [(q.id, q.status) for q in queues]
+        if limit:
+            candidates = await _get_scheduled_flow_runs(
+                session=session,
+                work_pool_ids=[pool_id],
+                work_queue_ids=[queue_id for queue_id, _ in polled] if work_queue_names else None,
+                scheduled_before=datetime.now(UTC),
+                limit=limit + len(skip),
+            )
+            for candidate in candidates:
+                if len(claimed) == limit:
+                    break
+                run = candidate.flow_run
+                if run.id in skip:
+                    continue
+                result = await models.flow_runs.set_flow_run_state(
+                    session=session,
+                    flow_run_id=run.id,
+                    state=schemas.states.State(
+                        type=schemas.states.StateType.PENDING, message=message
+                    ),
+                    force=False,
+                    flow_policy=flow_policy,
+                    orchestration_parameters=dict(orchestration_parameters),
+                    client_version=client_version,
+                )
+                state = result.state
+                if result.status != schemas.responses.SetStateStatus.ACCEPT or state is None:
+                    continue  # not claimable after all (a concurrency limit): left as it is
+                merged = {**(run.labels or {}), **labels}
+                if labels:
+                    # As models.flow_runs.update_flow_run_labels writes them, in this
+                    # transaction (that function commits its own).
+                    await session.execute(
+                        sa.update(db.FlowRun).where(db.FlowRun.id == run.id).values(labels=merged)
+                    )
+                claimed.append(
+                    candidate.model_copy(
+                        update={
+                            "flow_run": run.model_copy(
+                                update={
+                                    "state": state,
+                                    "state_id": state.id,
+                                    "state_type": state.type,
+                                    "state_name": state.name,
+                                    "labels": merged,
+                                }
+                            )
+                        }
+                    )
+                )
+    await _mark_polled(docket, pool_id, polled)
+    return claimed
+
+
+async def _mark_polled(
+    docket: Any, pool_id: UUID, queues: list[tuple[UUID, WorkQueueStatus]]
+) -> None:
+    """What Prefect's ``get_scheduled_flow_runs`` route schedules after every ask (two
+    writes), here at most every READY_MARK_SECONDS per pool."""
+    now = time.monotonic()
+    if now - _marked.get(pool_id, -READY_MARK_SECONDS) < READY_MARK_SECONDS:
+        return
+    _marked[pool_id] = now
+    try:
+        await docket.add(mark_work_queues_ready, key=f"mark_work_queues_ready:work_pool:{pool_id}")(
+            polled_work_queue_ids=[i for i, s in queues if s != WorkQueueStatus.NOT_READY],
+            ready_work_queue_ids=[i for i, s in queues if s == WorkQueueStatus.NOT_READY],
+        )
+        await docket.add(mark_deployments_ready, key=f"mark_deployments_ready:work_pool:{pool_id}")(
+            work_queue_ids=[i for i, _ in queues],
+        )
+    except Exception:  # the claims stand; the next call marks them
+        _marked.pop(pool_id, None)
+        logger.exception("could not mark the queues of work pool %s polled", pool_id)

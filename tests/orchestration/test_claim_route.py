@@ -1,0 +1,183 @@
+"""The embedded server's claim route (``orchestration.server.claim_route``) against Prefect's
+own three requests (``get_scheduled_flow_runs``, a proposed PENDING, the worker's labels).
+
+On a server of its own with no worker, so nothing else claims: the runs, their states and
+their ``prefect.flow-run.Pending`` events must match what Prefect's requests make, field for
+field apart from what is unique to each run; and claims at the same time never share a run.
+A Prefect upgrade that changes the models the route calls fails here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import WorkerFlowRunResponse
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Pending
+
+from stablenew.orchestration._prefect import prefect_client, read_runs_by_id
+from stablenew.orchestration.server.embedded import Stack
+from stablenew.orchestration.services.deployments import apply
+from stablenew.orchestration.services.jobs import JobService
+from stablenew.orchestration.worker.scheduled_runs import CLAIM_ROUTE
+from tests.orchestration.conftest import make_record
+from tests.orchestration.test_cancel_pack import _comparable, _events
+
+pytestmark = pytest.mark.slow
+
+POOL = "stablenew-claims"
+LABELS = {"prefect.worker.name": "claimer", "prefect.worker.type": "stablenew"}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """A Prefect server of ours with the project deployed to POOL and no worker."""
+    stack = Stack(home=Path(tempfile.mkdtemp(prefix="stablenew-claims-")))
+    try:
+        stack.start(prefect=True, simulator=False)
+        assert stack.prefect_url
+        with temporary_settings(updates={PREFECT_API_URL: stack.prefect_url}):
+
+            async def deploy() -> None:
+                async with prefect_client() as client:
+                    await apply(client, gpu_pool=POOL)
+
+            asyncio.run(deploy())
+            yield stack.prefect_url
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def service(server: str) -> Iterator[JobService]:
+    """Nothing queued before or after each test."""
+    with temporary_settings(updates={PREFECT_API_URL: server}):
+        jobs = JobService(pool=POOL)
+        yield jobs
+        jobs.cancel_pack("itest")
+        jobs.resume()
+
+
+def _submit(service: JobService, n: int, priority: str = "normal") -> list[FlowRun]:
+    token = uuid.uuid4().hex[:8]
+    records = [make_record(f"claim {token} {priority} {i}") for i in range(n)]
+    return asyncio.run(service.asubmit_runs(records, priority=priority))
+
+
+async def _claim(client: PrefectClient, **body: Any) -> list[WorkerFlowRunResponse]:
+    body = {"message": "Claimed by claimer", "labels": LABELS, **body}
+    response = await client.request(
+        "POST",
+        CLAIM_ROUTE,  # type: ignore[arg-type]
+        path_params={"name": POOL},
+        json=body,
+    )
+    return WorkerFlowRunResponse.model_validate_list(response.json())
+
+
+def test_the_route_claims_as_prefects_own_requests(service: JobService) -> None:
+    runs = _submit(service, 2)
+
+    async def go() -> None:
+        async with prefect_client() as client:
+            # Prefect's way, as a worker takes a run: ask, claim, label.
+            response = await client.request(
+                "POST",
+                "/work_pools/{name}/get_scheduled_flow_runs",
+                path_params={"name": POOL},
+                json={"limit": 1},
+            )
+            theirs = WorkerFlowRunResponse.model_validate_list(response.json())[0]
+            await client.set_flow_run_state(
+                theirs.flow_run.id, Pending(message="Claimed by claimer")
+            )
+            await client.update_flow_run_labels(theirs.flow_run.id, LABELS)
+            # Ours: one request.
+            [ours] = await _claim(client, limit=1)
+            assert [theirs.flow_run.id, ours.flow_run.id] == [r.id for r in runs]
+            assert (ours.work_pool_id, ours.work_queue_id) == (
+                theirs.work_pool_id,
+                theirs.work_queue_id,
+            )
+
+            read = {r.id: r for r in await read_runs_by_id(client, [r.id for r in runs])}
+            a, b = read[theirs.flow_run.id], read[ours.flow_run.id]
+            assert b.state_type == StateType.PENDING
+            assert _comparable(b) == _comparable(a)
+            # What the answer says is what the server now holds.
+            assert ours.flow_run.state_id == b.state_id
+            assert ours.flow_run.labels == b.labels
+            states = [await client.read_flow_run_states(r.id) for r in (a, b)]
+            assert [s.type for s in states[1]] == [s.type for s in states[0]]
+            events = [(await _events(client, r.id, "prefect.flow-run.Pending"))[0] for r in (a, b)]
+            assert events[1]["id"] == str(b.state_id)
+            same = {"event", "payload"}
+            assert {k: events[1][k] for k in same} == {k: events[0][k] for k in same}
+            related = [sorted(r["prefect.resource.role"] for r in e["related"]) for e in events]
+            assert related[1] == related[0]
+
+    asyncio.run(go())
+
+
+def test_it_claims_by_priority_and_leaves_what_it_should(service: JobService) -> None:
+    low = _submit(service, 1, "low")[0]
+    normal = _submit(service, 2, "normal")
+    urgent = _submit(service, 1, "urgent")[0]
+
+    async def go() -> None:
+        async with prefect_client() as client:
+            assert await _claim(client, limit=0) == []  # claims nothing
+            # The best first (queue priority, then time), past what the caller still holds.
+            got = await _claim(client, limit=2, exclude=[str(urgent.id)])
+            assert [r.flow_run.id for r in got] == [r.id for r in normal]
+            # Only the queues named.
+            assert await _claim(client, limit=3, work_queue_names=["high", "normal"]) == []
+            # A paused pool hands out nothing, as Prefect's own ask.
+            await service.aset_paused(True)
+            assert await _claim(client, limit=3) == []
+            await service.aset_paused(False)
+            got = await _claim(client, limit=3)
+            assert [r.flow_run.id for r in got] == [urgent.id, low.id]
+            with pytest.raises(httpx.HTTPStatusError) as refused:
+                await _claim(client, limit=1, work_queue_names=["nonesuch"])
+            assert refused.value.response.status_code == 404
+            assert "nonesuch" in refused.value.response.text
+
+    asyncio.run(go())
+
+
+def test_claims_at_the_same_time_never_share_a_run(service: JobService) -> None:
+    runs = _submit(service, 40)
+
+    async def one_claimer(name: str) -> list[uuid.UUID]:
+        async with prefect_client() as client:
+            got: list[uuid.UUID] = []
+            for _ in range(3):
+                got += [r.flow_run.id for r in await _claim(client, limit=5, message=name)]
+            return got
+
+    async def go() -> list[list[uuid.UUID]]:
+        return await asyncio.gather(*(one_claimer(f"Claimed by c{i}") for i in range(4)))
+
+    claimed = asyncio.run(go())
+    every = [run_id for got in claimed for run_id in got]
+    assert len(every) == len(set(every)) == 40
+    assert set(every) == {r.id for r in runs}
+
+    async def holders() -> dict[uuid.UUID, str | None]:
+        async with prefect_client() as client:
+            read = await read_runs_by_id(client, every)
+            return {r.id: r.state.message if r.state else None for r in read}
+
+    held = asyncio.run(holders())
+    for i, got in enumerate(claimed):
+        assert {held[run_id] for run_id in got} <= {f"Claimed by c{i}"}
