@@ -9,7 +9,9 @@ this process with plain API calls, nothing else, in steps that each add one requ
 - ``states``: PENDING, RUNNING, COMPLETED (the least for a run the UI shows as run);
 - ``claim``: + one ``get_scheduled_flow_runs`` ask per job (how a worker gets a run);
 - ``artifact``: + one markdown artifact per job (the run's images in the UI);
-- ``labels``: + the worker-label PATCH Prefect's workers write on every claimed run.
+- ``labels``: + the worker-label PATCH Prefect's workers write on every claimed run;
+- ``ours``: the same run's life as our worker lives it on our server: the claim route (ask,
+  PENDING and labels in one request), the start route (RUNNING), the artifact, COMPLETED.
 
 Each step measures its own batch of runs; ``idle_ms_per_s`` is the server with nothing to do
 (its services), which every job pays for the seconds it lasts. Set against
@@ -36,12 +38,18 @@ from bench.overhead import bench_stack, cpu_seconds, records
 from stablenew.orchestration._prefect import prefect_client
 from stablenew.orchestration.server.embedded import Stack
 from stablenew.orchestration.services.jobs import JobService
+from stablenew.orchestration.worker.recovery import claim_message
+from stablenew.orchestration.worker.scheduled_runs import CLAIM_ROUTE, START_ROUTE
 
 STEPS = ("states", "claim", "artifact", "labels")
+OURS = "ours"
 
 
 async def drive(step: str, pool: str, ids: list[Any]) -> None:
     """Take each run through its life with only the requests ``step`` includes."""
+    if step == OURS:
+        await drive_ours(pool, len(ids))
+        return
     steps = STEPS[: STEPS.index(step) + 1]
     async with prefect_client() as client:
         for run_id in ids:
@@ -64,6 +72,30 @@ async def drive(step: str, pool: str, ids: list[Any]) -> None:
             await client.set_flow_run_state(run_id, Completed())
 
 
+async def drive_ours(pool: str, jobs: int) -> None:
+    claim = claim_message("floor")
+    labels = {"prefect.worker.name": "floor", "prefect.worker.type": "stablenew"}
+    async with prefect_client() as client:
+        for _ in range(jobs):
+            response = await client.request(
+                "POST",
+                CLAIM_ROUTE,  # type: ignore[arg-type]
+                path_params={"name": pool},
+                json={"message": claim, "labels": labels, "limit": 1},
+            )
+            run_id = response.json()[0]["flow_run"]["id"]
+            await client.request(
+                "POST",
+                START_ROUTE,  # type: ignore[arg-type]
+                path_params={"id": run_id},
+                json={"claim_message": claim},
+            )
+            await client.create_artifact(
+                ArtifactCreate(type="markdown", data="### job\n\n`out.png`", flow_run_id=run_id)
+            )
+            await client.set_flow_run_state(run_id, Completed())
+
+
 async def measure(args: argparse.Namespace, stack: Stack, pool: str) -> dict[str, Any]:
     server = stack.pids["prefect-server"]
     service = JobService(pool=pool)
@@ -72,7 +104,7 @@ async def measure(args: argparse.Namespace, stack: Stack, pool: str) -> dict[str
     await asyncio.sleep(args.idle_seconds)
     idle = (cpu_seconds(server) - idle_from) / (time.perf_counter() - t0) * 1000
     result: dict[str, Any] = {"jobs": args.jobs, "idle_ms_per_s": round(idle, 1)}
-    for step in STEPS:
+    for step in (*STEPS, OURS):
         runs = await service.asubmit_runs(records(args.jobs, step))
         if step != "states":
             await service.aset_paused(False)  # a paused pool hands out nothing

@@ -1,9 +1,11 @@
-"""The embedded server's claim route (``orchestration.server.claim_route``) against Prefect's
-own three requests (``get_scheduled_flow_runs``, a proposed PENDING, the worker's labels).
+"""The embedded server's claim and start routes (``orchestration.server.claim_route``) against
+Prefect's own requests: a claim against ``get_scheduled_flow_runs``, a proposed PENDING and the
+worker's labels; a start against a proposed RUNNING.
 
 On a server of its own with no worker, so nothing else claims: the runs, their states and
 their ``prefect.flow-run.Pending`` events must match what Prefect's requests make, field for
-field apart from what is unique to each run; and claims at the same time never share a run.
+field apart from what is unique to each run; claims at the same time never share a run; and
+a run starts only while it is still the caller's claim.
 A Prefect upgrade that changes the models the route calls fails here.
 """
 
@@ -22,13 +24,13 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import WorkerFlowRunResponse
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.states import Pending
+from prefect.states import Cancelling, Pending, Running
 
 from stablenew.orchestration._prefect import prefect_client, read_runs_by_id
 from stablenew.orchestration.server.embedded import Stack
 from stablenew.orchestration.services.deployments import apply
 from stablenew.orchestration.services.jobs import JobService
-from stablenew.orchestration.worker.scheduled_runs import CLAIM_ROUTE
+from stablenew.orchestration.worker.scheduled_runs import CLAIM_ROUTE, START_ROUTE
 from tests.orchestration.conftest import make_record
 from tests.orchestration.test_cancel_pack import _comparable, _events
 
@@ -181,3 +183,56 @@ def test_claims_at_the_same_time_never_share_a_run(service: JobService) -> None:
     held = asyncio.run(holders())
     for i, got in enumerate(claimed):
         assert {held[run_id] for run_id in got} <= {f"Claimed by c{i}"}
+
+
+async def _start(client: PrefectClient, run_id: uuid.UUID, claim: str) -> FlowRun:
+    response = await client.request(
+        "POST",
+        START_ROUTE,  # type: ignore[arg-type]
+        path_params={"id": run_id},
+        json={"claim_message": claim},
+    )
+    return FlowRun.model_validate(response.json())
+
+
+def test_a_run_starts_as_prefects_own_running_and_only_while_it_is_the_callers_claim(
+    service: JobService,
+) -> None:
+    _submit(service, 4)
+    claim = "Claimed by claimer"
+
+    async def go() -> None:
+        async with prefect_client() as client:
+            theirs, ours, not_mine, cancelled = [r.flow_run for r in await _claim(client, limit=4)]
+            await client.set_flow_run_state(theirs.id, Running())
+            started = await _start(client, ours.id, claim)
+            assert started.state_type == StateType.RUNNING
+            read = {r.id: r for r in await read_runs_by_id(client, [theirs.id, ours.id])}
+            a, b = read[theirs.id], read[ours.id]
+            assert _comparable(b) == _comparable(a)
+            assert started.state_id == b.state_id
+            assert started.labels == b.labels
+            states = [await client.read_flow_run_states(r.id) for r in (a, b)]
+            assert [s.type for s in states[1]] == [s.type for s in states[0]]
+            events = [(await _events(client, r.id, "prefect.flow-run.Running"))[0] for r in (a, b)]
+            assert events[1]["id"] == str(b.state_id)
+            same = {"event", "payload"}
+            assert {k: events[1][k] for k in same} == {k: events[0][k] for k in same}
+
+            # Started already: the answer is the run, unchanged.
+            again = await _start(client, ours.id, claim)
+            assert (again.state_type, again.state_id) == (StateType.RUNNING, b.state_id)
+            # Another worker's claim (here: put back and claimed elsewhere) is not started.
+            other = await _start(client, not_mine.id, "Claimed by someone-else")
+            assert other.state_type == StateType.PENDING
+            assert other.state
+            assert other.state.message == claim
+            # Nor is a run being cancelled: the answer says so.
+            await client.set_flow_run_state(cancelled.id, Cancelling(message="cancel requested"))
+            refused = await _start(client, cancelled.id, claim)
+            assert refused.state_type == StateType.CANCELLING
+            with pytest.raises(httpx.HTTPStatusError) as missing:
+                await _start(client, uuid.uuid4(), claim)
+            assert missing.value.response.status_code == 404
+
+    asyncio.run(go())

@@ -258,11 +258,11 @@ def test_cancel_current_stops_only_the_job_on_the_gpu(live: LiveStack) -> None:
     service.submit(recs)
 
     def one_generating_one_staged() -> bool:
-        running = sum(service.status(r.job_id).status == JobStatus.RUNNING for r in recs)
-        return bool(live.stats()["busy"]) and running >= 2
+        state = service.queue_state()
+        return bool(live.stats()["busy"]) and len(state.generating) == 1 and bool(state.staged)
 
-    # With lookahead the worker starts runs ahead; only one of them may be generating.
-    wait_for(one_generating_one_staged, what="one job generating and another started")
+    # With lookahead the worker claims runs ahead; only one of them may be generating.
+    wait_for(one_generating_one_staged, what="one job generating and another claimed")
     # Task runs reach the server as events, so the rendering one may take a moment to show.
     cancelled = wait_for(service.cancel_current, what="the job on the GPU to be found")
     assert len(cancelled) == 1

@@ -184,16 +184,18 @@ def test_webui_restart_while_jobs_are_claimed_fails_none(faults: FaultStack) -> 
     faults.sim.sim("POST", "timing", seconds_per_image=1.0)
     records = [make_record(f"outage {i}") for i in range(7)]
     ids = service.submit(records)
+
     # One job generating and the worker's lookahead claimed behind it.
+    def claimed_now() -> list[str]:
+        state = service.queue_state()
+        return [j.job_id for j in [*state.generating, *state.staged]]
+
     wait_for(
-        lambda: (
-            faults.sim.sim("GET", "stats")["events"]
-            and sum(service.status(j).status == JobStatus.RUNNING for j in ids) >= 3
-        ),
+        lambda: faults.sim.sim("GET", "stats")["events"] and len(claimed_now()) >= 3,
         timeout=60,
         what="a job generated and others claimed",
     )
-    claimed = [j for j in ids if service.status(j).status == JobStatus.RUNNING]
+    claimed = claimed_now()
     before = faults.sim.sim("GET", "stats")
     faults.sim.kill()
     down_at = time.monotonic()

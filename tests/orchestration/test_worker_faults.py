@@ -248,7 +248,6 @@ def test_two_recovering_parties_rerun_a_job_once(api: FaultLab) -> None:
     from prefect.states import Pending, Running
 
     from stablenew.orchestration.worker.recovery import claim_message, recover_worker
-    from stablenew.orchestration.worker.worker_state import publish_gpu_holder
 
     pack = "two-parties"
     generating, staged = JobService().submit(
@@ -259,8 +258,8 @@ def test_two_recovering_parties_rerun_a_job_once(api: FaultLab) -> None:
 
     async def scenario() -> None:
         async with prefect_client() as client:
-            # What a worker named "ghost" leaves when it dies: one run generating (its GPU
-            # holder), one claimed behind it.
+            # What a worker named "ghost" leaves when it dies: one run generating (started
+            # at its GPU: RUNNING), one claimed behind it (PENDING).
             for job in (generating, staged):
                 run = by_job[job]
                 await client.set_flow_run_state(
@@ -269,7 +268,6 @@ def test_two_recovering_parties_rerun_a_job_once(api: FaultLab) -> None:
             run = by_job[generating]
             await client.update_flow_run_labels(run.id, {"prefect.worker.name": "ghost"})
             await client.set_flow_run_state(run.id, Running(), force=True)
-            await publish_gpu_holder(client, "ghost", run.id, logger)
             runs = await pack_runs(pack)
             assert len(runs) == 2
             await asyncio.gather(
@@ -317,13 +315,14 @@ def test_after_an_outage_a_worker_puts_right_the_runs_it_lost_track_of(
             work_pool_name="stablenew-gpu", name="outlived", recovery_policy=RecoveryPolicy()
         )
         async with worker, prefect_client() as client:
+            # Both claimed by "outlived": one staged (PENDING), one started (RUNNING).
             for job in (lost, held):
                 run = by_job[job]
                 await client.set_flow_run_state(
                     run.id, Pending(message=claim_message("outlived")), force=True
                 )
                 await client.update_flow_run_labels(run.id, {"prefect.worker.name": "outlived"})
-                await client.set_flow_run_state(run.id, Running(), force=True)
+            await client.set_flow_run_state(by_job[held].id, Running(), force=True)
             worker._submitting_flow_run_ids.add(by_job[held].id)  # being started here
             assert worker.duty is not None
             assert await worker.duty.recover_own(
@@ -353,17 +352,13 @@ def test_a_live_worker_judged_dead_lets_go_of_what_the_pool_took_back(api: Fault
     pack = "judged-dead"
     submit(pack, 3)
     api.start_worker("alive", slow.url, lookahead=2)
-    wait(
-        lambda: (
-            slow.busy()
-            and sum(
-                claimant(r) == "alive" and r.state_type == StateType.RUNNING for r in runs_of(pack)
-            )
-            == 3
-        ),
-        60,
-        "one run generating on 'alive' and two staged at its GPU gate",
-    )
+
+    def one_generating_two_staged() -> bool:
+        runs = [r for r in runs_of(pack) if claimant(r) == "alive"]
+        kinds = sorted(r.state_type.value for r in runs if r.state_type)
+        return slow.busy() and kinds == ["PENDING", "PENDING", "RUNNING"]
+
+    wait(one_generating_two_staged, 60, "one run generating on 'alive' and two staged at its gate")
     api.start_worker("other", fast.url)
     wait(lambda: "started" in api.log("worker-other"), 60, "the other worker to start")
     assert len(slow.generations()) == 0, "the first generation ended before the test's turn"
@@ -431,38 +426,32 @@ def test_a_live_worker_judged_dead_lets_go_of_what_the_pool_took_back(api: Fault
 
 def test_a_run_started_elsewhere_between_two_looks_is_not_generated_here(api: FaultLab) -> None:
     """The pool took back a run staged at this worker's GPU gate and another worker started
-    it at once: the cancel watch, which reads only runs that are not RUNNING, never saw it
-    leave. The GPU grant's check finds it: the run is let go of, and a generation of it
-    here is cut short."""
+    it at once: the cancel watch, which reads only runs that are neither PENDING nor RUNNING,
+    never saw it leave. The GPU grant's start finds it: the run is let go of, and a
+    generation of it here is cut short."""
     from prefect.states import Cancelled, Running
 
     from stablenew.orchestration.worker.recovery import WORKER_LABEL, claimant
-    from stablenew.orchestration.worker.worker_state import read_gpu_handover
 
     sim = api.start_sim(seconds_per_image=3.0)
     pack = "started-elsewhere"
     submit(pack, 2)
     api.start_worker("here", sim.url, lookahead=1)
 
-    async def holder() -> object:
-        async with prefect_client() as client:
-            handover = await read_gpu_handover(client, "here")
-            return handover.flow_run_id if handover else None
-
     def staged_run() -> Any:
         runs = runs_of(pack)
         if not sim.busy() or [claimant(r) for r in runs] != ["here", "here"]:
             return None
-        if any(r.state_type != StateType.RUNNING for r in runs):
+        # One started at the GPU (RUNNING), one staged behind it (PENDING).
+        kinds = sorted(r.state_type.value for r in runs if r.state_type)
+        if kinds != ["PENDING", "RUNNING"]:
             return None
-        generating = asyncio.run(holder())
-        others = [r for r in runs if r.id != generating]
-        return others[0] if len(others) == 1 else None
+        return next(r for r in runs if r.state_type == StateType.PENDING)
 
     staged = wait(staged_run, 60, "one run generating on 'here' and one staged at its gate")
 
     async def start_elsewhere() -> None:
-        # RUNNING to RUNNING in one forced write: no state the watch reads in between.
+        # PENDING to RUNNING in one forced write: no state the watch reads in between.
         async with prefect_client() as client:
             await client.update_flow_run_labels(staged.id, {WORKER_LABEL: "elsewhere"})
             await client.set_flow_run_state(
@@ -492,7 +481,6 @@ def test_a_worker_still_handing_out_its_gpu_is_not_recovered(api: FaultLab) -> N
     from prefect.states import Pending, Running
 
     from stablenew.orchestration.worker.recovery import claim_message, claimant, scan
-    from stablenew.orchestration.worker.worker_state import publish_gpu_holder
     from stablenew.settings import get_settings
 
     pack = "silent-but-busy"
@@ -509,7 +497,7 @@ def test_a_worker_still_handing_out_its_gpu_is_not_recovered(api: FaultLab) -> N
             await client.send_worker_heartbeat(pool, scanner, heartbeat_interval_seconds=1)
             await scan(client, pool, scanner, dead_after=4, retries_on_crash=1, logger=logger)
 
-    async def claim_and_publish() -> None:
+    async def claim_and_start() -> None:
         async with prefect_client() as client:
             for job in (generating, staged):
                 await client.set_flow_run_state(
@@ -517,10 +505,9 @@ def test_a_worker_still_handing_out_its_gpu_is_not_recovered(api: FaultLab) -> N
                 )
             run = by_job[generating]
             await client.update_flow_run_labels(run.id, {"prefect.worker.name": "busy"})
-            await client.set_flow_run_state(run.id, Running(), force=True)
-            await publish_gpu_holder(client, "busy", run.id, logger)
+            await client.set_flow_run_state(run.id, Running(), force=True)  # a GPU hand-over
 
-    asyncio.run(claim_and_publish())
+    asyncio.run(claim_and_start())
     asyncio.run(scan_now())
     assert [claimant(r) for r in runs_of(pack)] == ["busy", "busy"], states(pack)
 

@@ -1,4 +1,5 @@
-"""A claim route that the embedded Prefect server adds: the next runs of a pool, claimed.
+"""Two routes the embedded Prefect server adds for a GPU worker: its next runs, claimed; and
+a run started (RUNNING) when it gets the GPU, only while it is still the worker's claim.
 
     POST /stablenew/work_pools/{name}/claim
     body:   {"message": "Claimed by gpu-0", "labels": {"prefect.worker.name": "gpu-0", ...},
@@ -26,8 +27,19 @@ deployments are marked polled as Prefect's route marks them, at most every
 ``READY_MARK_SECONDS`` per pool: well inside the 60 s after which Prefect shows them not ready.
 ``limit`` 0 claims nothing and only marks them.
 
+    POST /stablenew/flow_runs/{id}/start
+    body:   {"claim_message": "Claimed by gpu-0"}
+    answer: the run (as ``GET /flow_runs/{id}``), RUNNING if it was PENDING with that message
+
+A worker starts a staged run when it gets the GPU, so RUNNING says which run generates. Proposed
+blind, RUNNING would be accepted for a run put back meanwhile and claimed by another worker (the
+two would then both render it); read first, that is two requests per job. The start route reads
+the run FOR UPDATE and proposes RUNNING through Prefect's orchestration in one transaction,
+and answers the run as it then is (cancelled, or someone else's), for the worker to act on.
+
 This module runs inside the server process only (see ``prefect_server``); against any other
-Prefect server the route is missing (404) and the worker claims with Prefect's requests.
+Prefect server the routes are missing (404) and the worker claims with Prefect's requests, and
+reads a run before it proposes RUNNING.
 """
 
 from __future__ import annotations
@@ -65,6 +77,7 @@ _Call = Callable[..., Awaitable[Any]]
 _read_work_pool_by_name = cast(_Call, models.workers.read_work_pool_by_name)
 _read_work_queues = cast(_Call, models.workers.read_work_queues)
 _get_scheduled_flow_runs = cast(_Call, models.workers.get_scheduled_flow_runs)
+_read_flow_run = cast(_Call, models.flow_runs.read_flow_run)
 
 
 @router.post("/work_pools/{name}/claim")
@@ -180,3 +193,45 @@ async def _mark_polled(
     except Exception:  # the claims stand; the next call marks them
         _marked.pop(pool_id, None)
         logger.exception("could not mark the queues of work pool %s polled", pool_id)
+
+
+@router.post("/flow_runs/{id:uuid}/start")
+async def start_flow_run(
+    flow_run_id: UUID = Path(..., alias="id"),
+    claim_message: str = Body(..., embed=True),
+    db: PrefectDBInterface = Depends(provide_database_interface),
+    flow_policy: type[FlowRunOrchestrationPolicy] = Depends(
+        orchestration_dependencies.provide_flow_policy
+    ),
+    orchestration_parameters: dict[str, Any] = Depends(
+        orchestration_dependencies.provide_flow_orchestration_parameters
+    ),
+    api_version: str = Depends(dependencies.provide_request_api_version),
+    client_version: str | None = Depends(dependencies.get_prefect_client_version),
+) -> schemas.responses.FlowRunResponse:
+    """Propose RUNNING for a run only if it is still PENDING with ``claim_message`` (the
+    caller's claim), in one transaction: the check a worker would read first and the write
+    it would then make. Answers the run as it is afterwards, so the caller sees why a start
+    did not happen (cancelled meanwhile, or put back and claimed by another worker)."""
+    orchestration_parameters.update({"api-version": api_version})
+    async with db.session_context(begin_transaction=True, with_for_update=True) as session:
+        run = await _read_flow_run(session=session, flow_run_id=flow_run_id, for_update=True)
+        if run is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "Flow run not found")
+        state = run.state
+        if (
+            state is not None
+            and state.type == schemas.states.StateType.PENDING
+            and state.message == claim_message
+        ):
+            await models.flow_runs.set_flow_run_state(
+                session=session,
+                flow_run_id=flow_run_id,
+                state=schemas.states.State(type=schemas.states.StateType.RUNNING),
+                force=False,
+                flow_policy=flow_policy,
+                orchestration_parameters=orchestration_parameters,
+                client_version=client_version,
+            )
+            run = await _read_flow_run(session=session, flow_run_id=flow_run_id)
+        return schemas.responses.FlowRunResponse.model_validate(run, from_attributes=True)

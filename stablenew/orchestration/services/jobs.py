@@ -40,7 +40,7 @@ from stablenew.orchestration.services.queue_view import (
     ACTIVE,
     JobRef,
     QueueState,
-    generates,
+    generating,
     job_id_of,
     job_ref,
     pool_runs,
@@ -54,7 +54,6 @@ from stablenew.orchestration.services.submission import (
     validate_records,
 )
 from stablenew.orchestration.worker.run_notes import WAITING_STATE
-from stablenew.orchestration.worker.worker_state import read_gpu_holders
 from stablenew.ordering import group_by_model
 from stablenew.packs.model import Limits
 from stablenew.records import MAX_SEED, NormalizedJobRecord, derive_with_seed
@@ -365,17 +364,14 @@ class JobService:
 
     async def acancel_current(self) -> list[JobRef]:
         """Cancel what is generating now: on each worker, the run that holds its GPU (the
-        worker publishes it). Runs a worker has started ahead, waiting for the GPU, and runs
+        one it started last). Runs a worker has claimed ahead, waiting for the GPU, and runs
         waiting for their WebUI to come back (state ``Waiting for WebUI``) are left alone."""
         async with prefect_client() as client:
             running = await self._pool_runs(client, [StateType.RUNNING])
-            if not running:
-                return []
-            holders = await read_gpu_holders(client, self.pool)
             return [
                 await self._cancel_run(client, r)
-                for r in running
-                if generates(r, holders) and r.state_name != WAITING_STATE
+                for r in generating(running)
+                if r.state_name != WAITING_STATE
             ]
 
     def cancel_current(self) -> list[JobRef]:

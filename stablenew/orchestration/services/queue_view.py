@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
@@ -90,12 +90,29 @@ def _tag_value(run: FlowRun, prefix: str) -> str | None:
     return None
 
 
-def generates(run: FlowRun, gpu_holders: set[str]) -> bool:
-    """Whether this RUNNING run is the one its GPU generates for: its worker published it
-    (:mod:`worker_state`), or it runs under Prefect's stock process worker, which has no GPU
-    gate, publishes nothing and stages nothing."""
-    worker_type = (run.labels or {}).get("prefect.worker.type")
-    return str(run.id) in gpu_holders or worker_type != WORKER_TYPE
+def generating(running: Iterable[FlowRun]) -> list[FlowRun]:
+    """The RUNNING runs their GPUs generate for. A run of ours turns RUNNING when it gets its
+    worker's GPU, which it lets go of as soon as its last image arrives, so a worker may
+    show two for a moment: the one started last generates, the other writes what it made.
+    Under Prefect's stock process worker (no GPU gate, nothing staged) every RUNNING run
+    generates."""
+    latest: dict[str, FlowRun] = {}
+    chosen: list[FlowRun] = []
+    for run in running:
+        labels = run.labels or {}
+        worker = labels.get("prefect.worker.name")
+        if labels.get("prefect.worker.type") != WORKER_TYPE or worker is None:
+            chosen.append(run)
+            continue
+        other = latest.get(str(worker))
+        if other is None or _started(run) > _started(other):
+            latest[str(worker)] = run
+    return chosen + list(latest.values())
+
+
+def _started(run: FlowRun) -> datetime:
+    """When the run last turned RUNNING (server time)."""
+    return run.state.timestamp if run.state else datetime.min.replace(tzinfo=UTC)
 
 
 def job_ref(run: FlowRun) -> JobRef:
@@ -143,7 +160,7 @@ async def read_queue_state(client: PrefectClient, pool_name: str) -> QueueState:
     pool = await client.read_work_pool(pool_name)
     queues = await client.read_work_queues(work_pool_name=pool_name)
     runs = await pool_runs(client, pool_name, ACTIVE)
-    published = await read_published(client, pool_name)
+    holds = (await read_published(client, pool_name)).holds
     rank: dict[str, int] = {name: QUEUE_PRIORITY.get(name, 99) for name in PRIORITIES}
 
     def in_run_order(selected: Iterable[FlowRun]) -> list[JobRef]:
@@ -152,18 +169,16 @@ async def read_queue_state(client: PrefectClient, pool_name: str) -> QueueState:
             key=lambda j: (rank.get(j.priority or "", 99), j.expected_start or datetime.min),
         )
 
-    generating = [
-        r for r in runs if r.state_type == StateType.RUNNING and generates(r, published.gpu_holders)
-    ]
-    generating_ids = {r.id for r in generating}
-    staged = [r for r in runs if r.state_type in CLAIMED and r.id not in generating_ids]
+    at_gpu = generating(r for r in runs if r.state_type == StateType.RUNNING)
+    at_gpu_ids = {r.id for r in at_gpu}
+    staged = [r for r in runs if r.state_type in CLAIMED and r.id not in at_gpu_ids]
     paused = pool.is_paused or (bool(queues) and all(q.is_paused for q in queues))
-    status = "paused" if paused else "running" if generating else "starting" if staged else "idle"
+    status = "paused" if paused else "running" if at_gpu else "starting" if staged else "idle"
     return QueueState(
         status=status,
         pool=pool_name,
-        generating=in_run_order(generating),
+        generating=in_run_order(at_gpu),
         staged=in_run_order(staged),
         pending=in_run_order(r for r in runs if r.state_type in QUEUED),
-        holds=published.holds,
+        holds=holds,
     )

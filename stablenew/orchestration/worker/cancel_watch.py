@@ -96,15 +96,18 @@ class CancelWatch:
             if not ids:
                 continue
             try:
-                # RUNNING is what nearly every run in flight is (and stays): left out, the
-                # answer is usually empty. A run started by another worker passes through
-                # SCHEDULED and PENDING first; if no tick fell then, the GPU grant's own
-                # read of the run finds it (and cuts a generation of it short).
+                # PENDING (staged) and RUNNING (generating) are what every run in flight
+                # is: left out, the answer is usually empty. A run put back and claimed or
+                # started by another worker passes through SCHEDULED first; if no tick fell
+                # then, the GPU grant's start of the run finds it (and cuts a generation of
+                # it short).
                 runs = await self._client.read_flow_runs(
                     flow_run_filter=FlowRunFilter(
                         id=FlowRunFilterId(any_=ids),
                         state=FlowRunFilterState(
-                            type=FlowRunFilterStateType(not_any_=[StateType.RUNNING])
+                            type=FlowRunFilterStateType(
+                                not_any_=[StateType.PENDING, StateType.RUNNING]
+                            )
                         ),
                     )
                 )

@@ -94,6 +94,12 @@ def expect_verdict(flow_run_id: UUID, verdict: concurrent.futures.Future[None]) 
         _verdicts[flow_run_id] = verdict
 
 
+def verdict_of(flow_run_id: UUID) -> concurrent.futures.Future[None] | None:
+    """The ownership check under way for the run (see :func:`expect_verdict`), if any."""
+    with _lock:
+        return _verdicts.get(flow_run_id)
+
+
 def confirm_ours(flow_run_id: UUID | str | None, timeout: float = CONFIRM_SECONDS) -> None:
     """Before a run writes what it made: wait for the pending ownership check, if any, then
     :func:`check_ours`. A check that failed on the API's side counts as "still ours" (the

@@ -58,7 +58,7 @@ from stablenew.orchestration.worker.recovery_duty import (
     RecoveryPolicy,
 )
 from stablenew.orchestration.worker.scheduled_runs import ScheduledRuns
-from stablenew.orchestration.worker.worker_state import publish_gpu_holder, publish_hold, withdraw
+from stablenew.orchestration.worker.worker_state import publish_hold, withdraw
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ class StableNewWorker(
         )
         self._unlabeled: set[UUID] = set()
         self._claimed: set[UUID] = set()  # claimed and labelled by the server's claim route
+        self._started: set[UUID] = set()  # RUNNING since their GPU grant
         self._stopping = False
         self._stop_now = asyncio.Event()
         # Why this worker cannot run jobs at all (its copy of the flow code does not load):
@@ -382,6 +383,7 @@ class StableNewWorker(
     def _release_limit_slot(self, flow_run_id: UUID) -> None:
         super()._release_limit_slot(flow_run_id)
         self._claimed.discard(flow_run_id)
+        self._started.discard(flow_run_id)
         if self._watch is not None:
             self._watch.untrack(flow_run_id)
         if self.gate is not None:
@@ -391,11 +393,14 @@ class StableNewWorker(
         return self._watch is not None and self._watch.tracks(flow_run_id)
 
     def _on_grant(self, flow_run_id: UUID) -> None:
-        """Called on the flow's thread when a run gets the GPU. Checks that the run is still
-        this worker's and not being cancelled (the cancel watch may not have looked since it
-        was taken back or cancelled), on the worker's loop, while the WebUI already
-        generates: waiting for the answer would leave every GPU idle ~20 ms per job, to
-        spare a rare generation that the answer cuts short anyway (see cancellation)."""
+        """Called on the flow's thread when a run gets the GPU. Starts the run (RUNNING) if
+        it is still this worker's claim and not being cancelled (the cancel watch may not
+        have looked since it was taken back or cancelled), on the worker's loop, while the
+        WebUI already generates: waiting for the answer would leave every GPU idle ~20 ms
+        per job, to spare a rare generation that the answer cuts short anyway (see
+        cancellation). A run staged behind the GPU stays PENDING: RUNNING is what generates
+        (or writes what it generated), which recovery, the queue view and ``cancel
+        --current`` rely on."""
         loop = self._loop
         try:
             if loop is None or loop.is_closed():
@@ -409,15 +414,32 @@ class StableNewWorker(
     async def _granted(self, flow_run_id: UUID) -> None:
         run: FlowRun | None = None
         with anyio.move_on_after(GRANT_CHECK_SECONDS):
-            run = await self.client.read_flow_run(flow_run_id)
+            run = await self.scheduled.start(flow_run_id, recovery.claim_message(self.name))
+        # No answer in time (the API is down) counts as ours: the run finishes here, and
+        # proposes RUNNING before its end (see direct_run).
+        if run is None:
+            return
         watch = self._cancel_watch()
-        if run is not None and watch is not None:
+        if watch is not None:
             await watch.judge(run, started=True)  # taken back, cancelled, or still ours
-            if cancellation.taken_back(flow_run_id):
-                return
-        # No answer in time (the API is down) counts as ours: the run finishes here.
-        with anyio.move_on_after(GRANT_CHECK_SECONDS):
-            await publish_gpu_holder(self.client, self.name, flow_run_id, self._logger)
+        if (
+            run.state_type == StateType.RUNNING
+            and recovery.claimant(run) == self.name
+            and flow_run_id not in self._started
+        ):
+            self._started.add(flow_run_id)
+            self.get_flow_run_logger(run).info(
+                "Beginning flow run %r for flow %r", run.name, RENDER_FLOW
+            )
+
+    async def _started_here(self, flow_run_id: UUID) -> bool:
+        """Whether this worker started the run (RUNNING at its GPU grant), once the grant's
+        start, if one is under way, has answered."""
+        verdict = cancellation.verdict_of(flow_run_id)
+        if verdict is not None and not verdict.done():
+            # asyncio.wait, not await: a check that failed or was dropped is no error here.
+            await asyncio.wait([asyncio.wrap_future(verdict)], timeout=GRANT_CHECK_SECONDS + 1)
+        return flow_run_id in self._started
 
     # -- recovery ---------------------------------------------------------------------------
 
@@ -468,9 +490,9 @@ class StableNewWorker(
     # -- shutdown -------------------------------------------------------------------------
 
     async def teardown(self, *exc_info: Any) -> None:
-        """Withdraw this worker's hold and GPU holder before the client closes: a stopped
-        worker neither holds nor generates. Bounded and shielded, so a cancelled shutdown
-        (Ctrl-C) still tries, and a slow server cannot keep the worker from exiting."""
+        """Withdraw this worker's hold before the client closes: a stopped worker does not
+        hold. Bounded and shielded, so a cancelled shutdown (Ctrl-C) still tries, and a slow
+        server cannot keep the worker from exiting."""
         if self._client is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(WITHDRAW_SECONDS):
                 await withdraw(self._client, self.name, self._logger)
@@ -651,7 +673,8 @@ class StableNewWorker(
         try:
             if flow.name == RENDER_FLOW:
                 logger = self.get_flow_run_logger(flow_run)
-                state = await drive_render_run(self.client, flow_run, logger)
+                started = partial(self._started_here, flow_run.id) if self.gate else None
+                state = await drive_render_run(self.client, flow_run, logger, started=started)
             else:
                 state = await anyio.to_thread.run_sync(
                     partial(_run_flow_blocking, flow, flow_run), abandon_on_cancel=True

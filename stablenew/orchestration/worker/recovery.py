@@ -1,15 +1,15 @@
 """Recovering the runs of a worker that died: a claim is a promise the fleet keeps.
 
-A GPU worker claims runs ahead of the GPU (its lookahead): they are PENDING while they start and
-RUNNING while they wait for the GPU; one of them generates. When the worker dies (SIGKILL, power,
-OOM killer) nothing in Prefect finishes those runs. Here another worker of the pool puts them
-right:
+A GPU worker claims runs ahead of the GPU (its lookahead): they are PENDING while they wait
+for the GPU, and a run turns RUNNING when it gets the GPU (it generates, then writes what it
+made). When the worker dies (SIGKILL, power, OOM killer) nothing in Prefect finishes those
+runs. Here another worker of the pool puts them right:
 
-- runs the dead worker had claimed but not started generating go back to their queue at their
+- runs the dead worker had claimed but not started (PENDING) go back to their queue at their
   original place (a SCHEDULED state at their expected start: priority and FIFO kept);
-- the run that was generating (the worker's published GPU holder) is marked CRASHED with the
-  reason and, unless it has used up ``retries_on_crash``, run again as a new run of the same
-  job (lineage ``recovery``) at the original place;
+- a run it had started (RUNNING) is marked CRASHED with the reason and, unless it has used up
+  ``retries_on_crash``, run again as a new run of the same job (lineage ``recovery``) at the
+  original place;
 - a run the user was cancelling ends CANCELLED.
 
 Where it runs, and why there: in the workers themselves (the live worker first by name is the
@@ -22,7 +22,8 @@ Who claimed what: a worker's PENDING state says ``Claimed by <worker>`` (written
 request that wins the claim), and a RUNNING run carries Prefect's ``prefect.worker.name``
 label, written before the run starts (a run whose label could not be written is handed back
 rather than run). Liveness is Prefect's worker heartbeat or, where heartbeats did not land,
-the worker's last GPU hand-over (its GPU-holder write); both are server times, judged against
+the worker's last GPU hand-over (the latest RUNNING of the runs it holds); both are server
+times, judged against
 the scanning worker's own heartbeat, so clocks of different machines never matter. A worker
 judged dead that was alive after all lets go of what was taken from it (see ``cancel_watch``).
 
@@ -61,7 +62,6 @@ from stablenew.orchestration.services.submission import (
     Lineage,
     run_tags,
 )
-from stablenew.orchestration.worker.worker_state import read_gpu_handover
 from stablenew.records import NormalizedJobRecord
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
@@ -157,17 +157,17 @@ async def scan(
 ) -> None:
     """Recover the runs of the pool's dead workers, if ``me`` is its first live worker.
 
-    A worker counts as dead when neither its heartbeat nor its last GPU hand-over is within
-    ``dead_after``: Prefect's worker channel drops heartbeats when the server's database is
-    busy (SQLite "database is locked"), and a worker that keeps rendering is not dead."""
+    A worker counts as dead when neither its heartbeat nor its last GPU hand-over (a run it
+    started) is within ``dead_after``: Prefect's worker channel drops heartbeats when the
+    server's database is busy (SQLite "database is locked"), and a worker that keeps
+    rendering is not dead."""
     live = await read_liveness(client, pool, me, dead_after)
     if live.leader != me:
         return
     runs = await active_runs(client, pool)
     holders = {claimant(r) for r in runs} - {None}
     for worker in sorted(w for w in holders if w and live.is_dead(w)):
-        handover = await read_gpu_handover(client, worker)
-        if live.recent(handover.at if handover else None):
+        if live.recent(last_start(runs, worker)):
             logger.info("%s misses heartbeats but still hands out its GPU: left alone", worker)
             continue
         seen = live.last_seen.get(worker)
@@ -179,6 +179,18 @@ async def scan(
         await recover_worker(
             client, worker, runs, why=why, retries_on_crash=retries_on_crash, logger=logger
         )
+
+
+def last_start(runs: Iterable[FlowRun], worker: str) -> datetime | None:
+    """When ``worker`` last gave its GPU to a run (server time): its latest RUNNING."""
+    return max(
+        (
+            r.state.timestamp
+            for r in runs
+            if r.state is not None and r.state.type == StateType.RUNNING and claimant(r) == worker
+        ),
+        default=None,
+    )
 
 
 async def active_runs(client: PrefectClient, pool: str) -> list[FlowRun]:
@@ -225,8 +237,6 @@ async def recover_worker(
     done = Recovered()
     if not mine:
         return done
-    handover = await read_gpu_handover(client, worker)
-    holder = handover.flow_run_id if handover else None
     for stale in mine:
         run = await _reread(client, stale.id)
         if run is None or claimant(run) != worker or run.state is None:
@@ -237,7 +247,7 @@ async def recover_worker(
                 run.id, Cancelled(message=f"cancelled: {worker} {why}"), force=True
             )
             done.cancelled.append(run.id)
-        elif kind == StateType.RUNNING and run.id == holder:
+        elif kind == StateType.RUNNING:
             rerun = await _crash_and_rerun(client, run, worker, why, retries_on_crash)
             done.crashed.append(run.id)
             if rerun is not None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import PrefectClient
@@ -27,10 +28,14 @@ from prefect.client.schemas.filters import (
     WorkQueueFilter,
     WorkQueueFilterName,
 )
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import WorkerFlowRunResponse
+from prefect.exceptions import Abort
+from prefect.states import Running
+from prefect.utilities.engine import propose_state
 
 CLAIM_ROUTE = "/stablenew/work_pools/{name}/claim"  # see server/claim_route.py
+START_ROUTE = "/stablenew/flow_runs/{id}/start"
 READY_POLL_SECONDS = 10.0
 FRUITLESS_ASK_SECONDS = 1.0  # the count saw runs the ask did not get (a paused queue): back off
 
@@ -51,6 +56,7 @@ class ScheduledRuns:
         self._counted_due = False
         self._quiet_until = 0.0
         self.can_claim = True  # until the server turns out to lack our claim route
+        self.can_start = True  # likewise, its start route
 
     def ready_poll_due(self, now: float) -> bool:
         """Whether the queues must be asked now, due runs or not, to stay "ready"."""
@@ -171,6 +177,37 @@ class ScheduledRuns:
                 return None
             return self.asked([], limit)  # the pool or a queue is gone, as next() sees it
         return self.asked(WorkerFlowRunResponse.model_validate_list(response.json()), limit)
+
+    async def start(self, flow_run_id: UUID, claim_message: str) -> FlowRun:
+        """Propose RUNNING for a run still PENDING with ``claim_message`` (this worker's
+        claim), and answer the run as it is then (started here, cancelled meanwhile, or put
+        back and claimed by another worker): see ``server/claim_route.py``. Against a server
+        without the route: read, and propose RUNNING only if the claim is still ours."""
+        client = self._client()
+        if self.can_start:
+            try:
+                response = await client.request(
+                    "POST",
+                    START_ROUTE,  # type: ignore[arg-type]
+                    path_params={"id": flow_run_id},
+                    json={"claim_message": claim_message},
+                )
+                return FlowRun.model_validate(response.json())
+            except httpx.HTTPStatusError as e:
+                if e.response.status_code != 404 or not _no_such_route(e.response):
+                    raise
+                self.can_start = False
+        run = await client.read_flow_run(flow_run_id)
+        state = run.state
+        if state is None or not state.is_pending() or state.message != claim_message:
+            return run
+        try:
+            state = await propose_state(client, Running(), flow_run_id=flow_run_id)
+        except Abort:
+            return await client.read_flow_run(flow_run_id)
+        return run.model_copy(
+            update={"state": state, "state_type": state.type, "state_name": state.name}
+        )
 
 
 def _no_such_route(response: httpx.Response) -> bool:

@@ -1,15 +1,13 @@
-"""What a worker publishes about itself as Prefect Variables, and reading it back.
+"""What a worker publishes about itself as a Prefect Variable, and reading it back.
 
-- ``stablenew_hold__<worker>``: why the worker is not taking jobs (its WebUI is down or
-  refuses it); ``stablenew queue`` prints it, and the Prefect UI shows it.
-- ``stablenew_gpu__<worker>``: the flow run its GPU is generating for. Staged runs wait for the
-  GPU inside their running flow, so from the API they look like the generating one; this is how
-  ``cancel --current`` and ``stablenew queue`` tell them apart, and how recovery knows which
-  run a dead worker was generating and when it last handed its GPU over (a sign of life).
+``stablenew_hold__<worker>``: why the worker is not taking jobs (its WebUI is down or refuses
+it); ``stablenew queue`` prints it, and the Prefect UI shows it. (Which run a GPU generates
+for needs no variable: a run turns RUNNING when it gets its worker's GPU.)
 
 Publishing is best effort: it never stops a worker or disturbs a job. A worker that stops
-cleanly withdraws both (:func:`withdraw`); readers take only what workers Prefect reports online
-published, so a worker that died says nothing either.
+cleanly withdraws it (:func:`withdraw`), and one that stopped before that change left a GPU
+variable (``stablenew_gpu__<worker>``), withdrawn too; readers take only what workers Prefect
+reports online published, so a worker that died says nothing either.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import PrefectClient
@@ -43,6 +40,7 @@ def hold_variable_name(worker_name: str) -> str:
 
 
 def gpu_variable_name(worker_name: str) -> str:
+    """What workers before the start at the GPU grant published their GPU holder as."""
     return GPU_HOLDER_PREFIX + _suffix(worker_name)
 
 
@@ -74,19 +72,9 @@ async def publish_hold(
         logger.debug("could not publish hold state: %r", exc)
 
 
-async def publish_gpu_holder(
-    client: PrefectClient, worker: str, flow_run_id: UUID, logger: Logger
-) -> None:
-    value = {"worker": worker, "flow_run_id": str(flow_run_id), "since": time.time()}
-    try:
-        await _put(client, gpu_variable_name(worker), value)
-    except Exception as exc:
-        logger.debug("could not publish the GPU holder: %r", exc)
-
-
 async def withdraw(client: PrefectClient, worker: str, logger: Logger) -> None:
-    """Withdraw everything ``worker`` published (it is shutting down): its hold and GPU
-    holder, which would otherwise outlive it. Best effort, like publishing."""
+    """Withdraw everything ``worker`` published (it is shutting down), which would otherwise
+    outlive it. Best effort, like publishing."""
     for name in (hold_variable_name(worker), gpu_variable_name(worker)):
         try:
             await client.delete_variable_by_name(name)
@@ -97,38 +85,11 @@ async def withdraw(client: PrefectClient, worker: str, logger: Logger) -> None:
 
 
 @dataclass(frozen=True)
-class GpuHandover:
-    """A worker's last published GPU holder: the run, and when (the server's time)."""
-
-    flow_run_id: UUID | None
-    at: datetime | None
-
-
-async def read_gpu_handover(client: PrefectClient, worker: str) -> GpuHandover | None:
-    """What ``worker`` itself last published as its GPU holder (``None``: nothing, or the
-    variable is another worker's whose name maps to the same variable name)."""
-    try:
-        variable = await client.read_variable_by_name(gpu_variable_name(worker))
-    except Exception:
-        return None
-    value = variable.value if variable is not None else None
-    if variable is None or not isinstance(value, dict) or value.get("worker") != worker:
-        return None
-    try:
-        run_id: UUID | None = UUID(str(value.get("flow_run_id")))
-    except ValueError:
-        run_id = None
-    return GpuHandover(run_id, variable.updated)
-
-
-@dataclass(frozen=True)
 class Published:
     """What the online workers of one pool publish."""
 
     holds: list[str] = field(default_factory=list)
     """``"<worker>: <reason>"`` for every worker holding."""
-    gpu_holders: set[str] = field(default_factory=set)
-    """Flow-run ids the workers' GPUs are generating for (one per worker)."""
 
 
 async def online_workers(
@@ -154,24 +115,15 @@ async def online_workers(
 
 
 async def read_published(client: PrefectClient, pool: str) -> Published:
-    """Holds and GPU holders of the pool's online workers. A worker that died keeps its
-    variables (nothing deletes them), so what an offline worker published is left out."""
+    """Holds of the pool's online workers. A worker that died keeps its variable (nothing
+    deletes it), so what an offline worker published is left out."""
     online = await online_workers(client, pool)
-    holds: list[str] = []
-    gpu_holders: set[str] = set()
-    for v in await _our_variables(client):
-        if not isinstance(v.value, dict) or v.value.get("worker") not in online:
-            continue
-        if v.name.startswith(HOLD_PREFIX):
-            holds.append(f"{v.value.get('worker')}: {v.value.get('reason')}")
-        else:
-            gpu_holders.add(str(v.value.get("flow_run_id")))
-    return Published(holds=holds, gpu_holders=gpu_holders)
-
-
-async def read_gpu_holders(client: PrefectClient, pool: str) -> set[str]:
-    """Flow-run ids the GPUs of ``pool``'s online workers are generating for."""
-    return (await read_published(client, pool)).gpu_holders
+    holds = [
+        f"{v.value.get('worker')}: {v.value.get('reason')}"
+        for v in await _our_variables(client)
+        if isinstance(v.value, dict) and v.value.get("worker") in online
+    ]
+    return Published(holds=holds)
 
 
 async def _our_variables(client: PrefectClient) -> list[Variable]:
@@ -182,7 +134,7 @@ async def _our_variables(client: PrefectClient) -> list[Variable]:
         body = {"variables": {"name": {"like_": _OURS}}, "limit": _PAGE, "offset": offset}
         response = await client.request("POST", "/variables/filter", json=body)
         page = Variable.model_validate_list(response.json())
-        found.extend(v for v in page if v.name.startswith((HOLD_PREFIX, GPU_HOLDER_PREFIX)))
+        found.extend(v for v in page if v.name.startswith(HOLD_PREFIX))
         if len(page) < _PAGE:
             return found
         offset += _PAGE
