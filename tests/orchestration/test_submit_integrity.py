@@ -75,6 +75,7 @@ def test_a_submission_interrupted_between_chunks_rolls_back_and_stays_a_cancella
     and the caller sees the cancellation itself (the CLI then exits 130), not a failure."""
     import asyncio
 
+    from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
 
     from stablenew.orchestration.services.submission import BULK
@@ -98,7 +99,20 @@ def test_a_submission_interrupted_between_chunks_rolls_back_and_stays_a_cancella
 
     # Claimed ones end through their worker (CANCELLING first); none may start afterwards.
     wait_for(lambda: not unfinished(), timeout=30, what="the rolled-back runs to end")
-    ended = [r.state_type for r in runs_of(pack)]
-    # One may have completed in the milliseconds before the rollback; none failed or crashed.
+    runs = runs_of(pack)
+    ended = [r.state_type for r in runs]
+    # The worker renders while the chunk is rolled back (a few jobs may complete before the
+    # rollback reaches them); none failed or crashed, and most never ran.
     assert set(ended) <= {StateType.CANCELLED, StateType.COMPLETED}, set(ended)
-    assert ended.count(StateType.CANCELLED) >= BULK - 1
+    assert ended.count(StateType.CANCELLED) >= BULK // 2
+
+    # A sync client: the interrupted asyncio.run above leaves this thread unfit for another.
+    with get_client(sync_client=True) as client:
+        histories = [
+            [s.type for s in sorted(client.read_flow_run_states(r.id), key=lambda s: s.timestamp)]
+            for r in runs
+        ]
+    for history in histories:
+        if StateType.CANCELLING in history:
+            after = history[history.index(StateType.CANCELLING) :]
+            assert StateType.RUNNING not in after, history  # started once cancelled

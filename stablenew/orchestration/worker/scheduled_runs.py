@@ -1,11 +1,13 @@
 """Where a worker gets its next runs from the server, and when asking is worth it.
 
-Asking (``get_scheduled_flow_runs``) also marks the queues and deployments polled, which
-writes: about 25 ms of the server's CPU per ask here, where counting the runs that are due
-costs about 3.5 (``bench/overhead.py``). So a worker with nothing to fill counts first, and
-asks only when a run is due, when its last ask left runs behind, or every
-``READY_POLL_SECONDS`` anyway, well inside the 60 s after which Prefect shows an unpolled queue
-or deployment as not ready.
+On our server a worker asks through the claim route, which hands it the runs already claimed
+(``server/claim_route.py``), and starts each through the start route; on any other Prefect
+server it asks with ``get_scheduled_flow_runs`` and claims each run itself. Asking also marks
+the queues and deployments polled, which writes: about 25 ms of the server's CPU per ask here,
+where counting the runs that are due costs about 3.5 (``bench/overhead.py``). So a worker with
+nothing to fill counts first, and asks only when a run is due, when its last ask left runs
+behind, or every ``READY_POLL_SECONDS`` anyway, well inside the 60 s after which Prefect shows
+an unpolled queue or deployment as not ready.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class ScheduledRuns:
         """Note an ask and what it got (``limit``: how many it asked for; ``None``: all)."""
         now = time.monotonic()
         self._last_ask = now
-        self._left_some = limit is not None and len(got) >= limit
+        self._left_some = limit is not None and 0 < limit <= len(got)
         if not got and self._counted_due:
             # Counted as due, yet not handed out (a paused queue, a concurrency limit):
             # counting again at once would only repeat that.
