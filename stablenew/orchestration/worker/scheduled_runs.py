@@ -104,6 +104,14 @@ class ScheduledRuns:
         )
         return count > 0
 
+    def _asked_queues(self, queues: list[str] | None) -> list[str] | None:
+        """The queue names an ask names: those of ``queues`` this worker serves (``[]``:
+        none, nothing to ask), or ``None`` for every queue of the pool."""
+        served = self._queues()
+        if queues is not None:
+            return [q for q in queues if not served or q in served]
+        return sorted(served) or None
+
     async def next(
         self, limit: int, queues: list[str] | None = None
     ) -> list[WorkerFlowRunResponse]:
@@ -113,15 +121,12 @@ class ScheduledRuns:
         record); polled several times a second with a backlog, that serialization alone
         used more server CPU than the jobs. The server accepts a limit; we send it.
         """
-        served = self._queues()
+        names = self._asked_queues(queues)
+        if names == []:
+            return self.asked([], limit)
         body: dict[str, Any] = {"scheduled_before": str(datetime.now(UTC)), "limit": limit}
-        if queues is not None:
-            names = [q for q in queues if not served or q in served]
-            if not names:
-                return self.asked([], limit)
+        if names:
             body["work_queue_names"] = names
-        elif served:
-            body["work_queue_names"] = sorted(served)
         try:
             response = await self._client().request(
                 "POST",
@@ -150,20 +155,17 @@ class ScheduledRuns:
         per run. ``limit`` 0 claims nothing and keeps the queues "ready"."""
         if not self.can_claim:
             return None
-        served = self._queues()
+        names = self._asked_queues(queues)
+        if names == []:
+            return self.asked([], limit)
         body: dict[str, Any] = {
             "message": message,
             "labels": labels,
             "limit": limit,
             "exclude": [str(run_id) for run_id in exclude],
         }
-        if queues is not None:
-            names = [q for q in queues if not served or q in served]
-            if not names:
-                return self.asked([], limit)
+        if names:
             body["work_queue_names"] = names
-        elif served:
-            body["work_queue_names"] = sorted(served)
         try:
             response = await self._client().request(
                 "POST",
