@@ -44,9 +44,10 @@ reads a run before it proposes RUNNING.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import UUID
@@ -108,17 +109,20 @@ async def claim_flow_runs(
             raise HTTPException(
                 status.HTTP_404_NOT_FOUND, f"Work pool {work_pool_name!r} not found."
             )
-        queues = list(await _read_work_queues(session=session, work_pool_id=pool.id))
-        if work_queue_names:
-            unknown = set(work_queue_names) - {q.name for q in queues}
-            if unknown:
-                raise HTTPException(
-                    status.HTTP_404_NOT_FOUND,
-                    f"Work pool queue(s) {sorted(unknown)} of {work_pool_name!r} not found.",
-                )
-            queues = [q for q in queues if q.name in work_queue_names]
         pool_id = pool.id
-        polled = [(q.id, q.status) for q in queues]
+        mark = _marking_due(pool_id)
+        polled: list[tuple[UUID, WorkQueueStatus]] = []
+        if mark or work_queue_names:  # else the queues are not needed (two statements)
+            queues = list(await _read_work_queues(session=session, work_pool_id=pool_id))
+            if work_queue_names:
+                unknown = set(work_queue_names) - {q.name for q in queues}
+                if unknown:
+                    raise HTTPException(
+                        status.HTTP_404_NOT_FOUND,
+                        f"Work pool queue(s) {sorted(unknown)} of {work_pool_name!r} not found.",
+                    )
+                queues = [q for q in queues if q.name in work_queue_names]
+            polled = [(q.id, q.status) for q in queues]
         if limit:
             candidates = await _get_scheduled_flow_runs(
                 session=session,
@@ -169,19 +173,44 @@ async def claim_flow_runs(
                         }
                     )
                 )
-    await _mark_polled(docket, pool_id, polled)
+    if mark:
+        await _mark_polled(docket, pool_id, polled)
     return claimed
+
+
+def _marking_due(pool_id: UUID) -> bool:
+    """Whether this ask marks the pool's queues and deployments polled: at most every
+    READY_MARK_SECONDS per pool (taken now, so concurrent asks do not all mark)."""
+    now = time.monotonic()
+    if now - _marked.get(pool_id, -READY_MARK_SECONDS) < READY_MARK_SECONDS:
+        return False
+    _marked[pool_id] = now
+    return True
+
+
+@contextlib.contextmanager
+def _holding_loaded(session: Any, model: type) -> Iterator[list[Any]]:
+    """The ``model`` objects ``session`` loads meanwhile, held: its identity map keeps
+    objects only while something references them."""
+    loaded: list[Any] = []
+
+    def keep(_: Any, instance: Any) -> None:
+        if isinstance(instance, model):
+            loaded.append(instance)
+
+    sync_session = session.sync_session
+    sa.event.listen(sync_session, "loaded_as_persistent", keep)
+    try:
+        yield loaded
+    finally:
+        sa.event.remove(sync_session, "loaded_as_persistent", keep)
 
 
 async def _mark_polled(
     docket: Any, pool_id: UUID, queues: list[tuple[UUID, WorkQueueStatus]]
 ) -> None:
     """What Prefect's ``get_scheduled_flow_runs`` route schedules after every ask (two
-    writes), here at most every READY_MARK_SECONDS per pool."""
-    now = time.monotonic()
-    if now - _marked.get(pool_id, -READY_MARK_SECONDS) < READY_MARK_SECONDS:
-        return
-    _marked[pool_id] = now
+    writes)."""
     try:
         await docket.add(mark_work_queues_ready, key=f"mark_work_queues_ready:work_pool:{pool_id}")(
             polled_work_queue_ids=[i for i, s in queues if s != WorkQueueStatus.NOT_READY],
@@ -215,23 +244,36 @@ async def start_flow_run(
     did not happen (cancelled meanwhile, or put back and claimed by another worker)."""
     orchestration_parameters.update({"api-version": api_version})
     async with db.session_context(begin_transaction=True, with_for_update=True) as session:
-        run = await _read_flow_run(session=session, flow_run_id=flow_run_id, for_update=True)
-        if run is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "Flow run not found")
-        state = run.state
-        if (
-            state is not None
-            and state.type == schemas.states.StateType.PENDING
-            and state.message == claim_message
-        ):
-            await models.flow_runs.set_flow_run_state(
-                session=session,
-                flow_run_id=flow_run_id,
-                state=schemas.states.State(type=schemas.states.StateType.RUNNING),
-                force=False,
-                flow_policy=flow_policy,
-                orchestration_parameters=orchestration_parameters,
-                client_version=client_version,
+        # The check reads two columns, not the run with its state, queue and pool (four
+        # statements), which set_flow_run_state reads anyway.
+        current = (
+            await session.execute(
+                sa.select(db.FlowRun.state_type, db.FlowRunState.message)
+                .outerjoin(db.FlowRunState, db.FlowRunState.id == db.FlowRun.state_id)
+                .where(db.FlowRun.id == flow_run_id)
+                .with_for_update(of=db.FlowRun)
             )
+        ).first()
+        if current is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "Flow run not found")
+        if tuple(current) == (schemas.states.StateType.PENDING, claim_message):
+            with _holding_loaded(session, db.FlowRun) as loaded:
+                await models.flow_runs.set_flow_run_state(
+                    session=session,
+                    flow_run_id=flow_run_id,
+                    state=schemas.states.State(type=schemas.states.StateType.RUNNING),
+                    force=False,
+                    flow_policy=flow_policy,
+                    orchestration_parameters=orchestration_parameters,
+                    client_version=client_version,
+                )
+            # The run set_flow_run_state loaded and gave its new state. Its write expired
+            # what the database computes (``updated``): only that is read again, not the
+            # run with its state, queue and pool (four statements).
+            run = next(r for r in loaded if r.id == flow_run_id)
+            expired = sa.inspect(run).expired_attributes
+            if expired:
+                await session.refresh(run, attribute_names=list(expired))
+        else:
             run = await _read_flow_run(session=session, flow_run_id=flow_run_id)
         return schemas.responses.FlowRunResponse.model_validate(run, from_attributes=True)
