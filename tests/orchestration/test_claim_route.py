@@ -1,6 +1,7 @@
-"""The embedded server's claim and start routes (``orchestration.server.claim_route``) against
-Prefect's own requests: a claim against ``get_scheduled_flow_runs``, a proposed PENDING and the
-worker's labels; a start against a proposed RUNNING.
+"""The embedded server's claim, start and look routes (``orchestration.server.claim_route``,
+``look_route``) against Prefect's own requests: a claim against ``get_scheduled_flow_runs``, a
+proposed PENDING and the worker's labels; a start against a proposed RUNNING; a look against
+the run filter, the due count per queue and the pool read a worker would send instead.
 
 On a server of its own with no worker, so nothing else claims: the runs, their states and
 their ``prefect.flow-run.Pending`` events must match what Prefect's requests make, field for
@@ -15,22 +16,39 @@ import asyncio
 import tempfile
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterNextScheduledStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+    WorkQueueFilter,
+    WorkQueueFilterName,
+)
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import WorkerFlowRunResponse
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.states import Cancelling, Pending, Running
+from prefect.states import Cancelling, Pending, Running, Scheduled
 
 from stablenew.orchestration._prefect import prefect_client, read_runs_by_id
 from stablenew.orchestration.server.embedded import Stack
 from stablenew.orchestration.services.deployments import apply
 from stablenew.orchestration.services.jobs import JobService
-from stablenew.orchestration.worker.scheduled_runs import CLAIM_ROUTE, START_ROUTE
+from stablenew.orchestration.worker.cancel_watch import read_left
+from stablenew.orchestration.worker.scheduled_runs import (
+    CLAIM_ROUTE,
+    LOOK_ROUTE,
+    START_ROUTE,
+    ScheduledRuns,
+)
 from tests.orchestration.conftest import make_record
 from tests.orchestration.test_cancel_pack import _comparable, _events
 
@@ -235,5 +253,80 @@ def test_a_run_starts_as_prefects_own_running_and_only_while_it_is_the_callers_c
             with pytest.raises(httpx.HTTPStatusError) as missing:
                 await _start(client, uuid.uuid4(), claim)
             assert missing.value.response.status_code == 404
+
+    asyncio.run(go())
+
+
+async def _look(client: PrefectClient, ids: list[uuid.UUID], pool: str = POOL) -> dict[str, Any]:
+    response = await client.request(
+        "POST",
+        LOOK_ROUTE,  # type: ignore[arg-type]
+        path_params={"name": pool},
+        json={"flow_run_ids": [str(i) for i in ids]},
+    )
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_a_look_answers_what_prefects_own_reads_answer(service: JobService) -> None:
+    normal = _submit(service, 3, "normal")
+    _submit(service, 2, "high")
+    volatile = {"estimated_run_time", "estimated_start_time_delta", "updated"}
+
+    async def go() -> None:
+        async with prefect_client() as client:
+            # Scheduled for later: not due, and not counted.
+            later = await client.create_flow_run_from_deployment(
+                normal[0].deployment_id,  # type: ignore[arg-type]
+                state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(hours=1)),
+                work_queue_name="normal",
+            )
+            try:
+                held = [r.flow_run for r in await _claim(client, limit=2)]  # the two high
+                await client.set_flow_run_state(held[1].id, Cancelling(message="cancel"))
+                ids = [h.id for h in held] + [normal[0].id, later.id]
+                body = await _look(client, ids)
+
+                # The runs: as the worker's own filter read answers (PENDING and RUNNING
+                # left out), and as ScheduledRuns.look hands them to the cancel watch.
+                read = await read_left(client, ids)
+                assert sorted(r.id for r in read) == sorted([held[1].id, normal[0].id, later.id])
+                looked = await ScheduledRuns(lambda: client, POOL, set).look(ids)
+                assert looked is not None
+                assert [str(r.id) for r in looked] == [r["id"] for r in body["changed"]]
+                ours = {r.id: r for r in looked}
+                for run in read:
+                    assert ours[run.id].model_dump(exclude=volatile) == run.model_dump(
+                        exclude=volatile
+                    )
+
+                # Due per queue: Prefect's count of the runs due now in that queue.
+                assert set(body["due"]) == {"urgent", "high", "normal", "low", "default"}
+                for name, due in body["due"].items():
+                    counted = await client.count_flow_runs(
+                        flow_run_filter=FlowRunFilter(
+                            state=FlowRunFilterState(
+                                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])
+                            ),
+                            next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
+                                before_=datetime.now(UTC)
+                            ),
+                        ),
+                        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[POOL])),
+                        work_queue_filter=WorkQueueFilter(name=WorkQueueFilterName(any_=[name])),
+                    )
+                    assert due == counted, name
+                assert (body["due"]["normal"], body["due"]["high"]) == (3, 0)
+
+                assert body["is_paused"] is False
+                await service.aset_paused(True)
+                assert (await _look(client, []))["is_paused"] is True
+                await service.aset_paused(False)
+                with pytest.raises(httpx.HTTPStatusError) as missing:
+                    await _look(client, ids, pool="nonesuch")
+                assert missing.value.response.status_code == 404
+                assert "nonesuch" in missing.value.response.text
+            finally:
+                await client.delete_flow_run(later.id)
 
     asyncio.run(go())

@@ -7,6 +7,7 @@ queues "ready" in Prefect's UI)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -104,4 +105,66 @@ def test_an_idle_worker_counts_due_runs_and_asks_only_when_one_is_due(
         asyncio.run(scenario())
     finally:
         gpu_gate.install(before)
+        service.resume()
+
+
+@pytest.mark.parametrize("route", ["look route", "Prefect's reads"])
+def test_a_recent_look_stands_in_for_the_count_and_the_pool_read(
+    live: LiveStack, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    """With runs in flight the cancel watch looks at the pool twice a second; on our server
+    that read also brings the pause flag and the runs due, so the worker neither counts nor
+    reads the pool while it is recent."""
+    service = JobService()
+    service.pause()
+    record = make_record(f"look {uuid.uuid4().hex[:8]}")
+    [run] = asyncio.run(service.asubmit_runs([record]))
+
+    async def scenario() -> None:
+        worker = StableNewWorker(
+            work_pool_name=POOL, name=f"look-{uuid.uuid4().hex[:8]}", lookahead=2
+        )
+        if route != "look route":
+            monkeypatch.setattr(scheduled_runs, "LOOK_ROUTE", "/stablenew/absent/look")
+        async with worker:
+            assert worker.gate is not None
+            asked: list[str] = []
+            count, read_pool = worker.client.count_flow_runs, worker.client.read_work_pool
+
+            async def counting(**filters: Any) -> int:
+                asked.append("count")
+                return await count(**filters)
+
+            async def reading_pool(name: str) -> Any:
+                asked.append("pool")
+                return await read_pool(name)
+
+            monkeypatch.setattr(worker.client, "count_flow_runs", counting)
+            monkeypatch.setattr(worker.client, "read_work_pool", reading_pool)
+
+            looked = await worker.scheduled.look([run.id])
+            assert (looked is not None) is (route == "look route")
+            if looked is not None:
+                assert [r.id for r in looked] == [run.id]  # SCHEDULED: neither claimed nor run
+            # Due in "normal", not in the queues that outrank it; the pool is paused.
+            assert await worker.scheduled.due(None) is True
+            assert await worker.scheduled.due(["urgent", "high"]) is False
+            assert await worker._paused(worker.gate, time.monotonic()) is True
+            if route == "look route":
+                assert asked == []
+                # Once the look is stale the worker counts and reads the pool again.
+                await asyncio.sleep(worker_module.POOL_READ_SECONDS + 0.1)
+                assert await worker.scheduled.due(None) is True
+                assert await worker._paused(worker.gate, time.monotonic()) is True
+                assert asked == ["count", "pool"]
+            else:
+                assert asked == ["count", "count", "pool"]
+            assert worker.scheduled.can_look is (route == "look route")
+
+    before = gpu_gate.installed()
+    try:
+        asyncio.run(scenario())
+    finally:
+        gpu_gate.install(before)
+        service.cancel(record.job_id)
         service.resume()

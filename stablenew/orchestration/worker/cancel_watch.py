@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
@@ -36,6 +36,9 @@ CANCEL_POLL_SECONDS = 0.5
 CANCEL_GRACE_SECONDS = 15.0
 
 Interrupter = Callable[[], None]
+# Reads the runs of the given ids that are neither PENDING nor RUNNING in a way of its own
+# (ScheduledRuns.look); None: it cannot, read them with Prefect's filter.
+Look = Callable[[list[UUID]], Awaitable[list[FlowRun] | None]]
 
 
 class CancelWatch:
@@ -51,8 +54,10 @@ class CancelWatch:
         run_logger: Callable[[FlowRun], Any],
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
         worker_name: str,
+        look: Look | None = None,
     ) -> None:
         self._client = client
+        self._look = look
         self._worker_name = worker_name
         self._task_group = task_group
         self._holds_gpu = holds_gpu
@@ -101,16 +106,9 @@ class CancelWatch:
                 # started by another worker passes through SCHEDULED first; if no tick fell
                 # then, the GPU grant's start of the run finds it (and cuts a generation of
                 # it short).
-                runs = await self._client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(
-                        id=FlowRunFilterId(any_=ids),
-                        state=FlowRunFilterState(
-                            type=FlowRunFilterStateType(
-                                not_any_=[StateType.PENDING, StateType.RUNNING]
-                            )
-                        ),
-                    )
-                )
+                runs = await self._look(ids) if self._look is not None else None
+                if runs is None:
+                    runs = await read_left(self._client, ids)
             except Exception as exc:  # transient API trouble: try again next tick
                 self._logger.debug("cancel watch failed: %r", exc)
                 continue
@@ -179,3 +177,15 @@ class CancelWatch:
             )
         except Exception as exc:  # a failure here must not stop the worker's task group
             self._logger.warning("could not end cancelled run %s: %r", flow_run_id, exc)
+
+
+async def read_left(client: PrefectClient, ids: list[UUID]) -> list[FlowRun]:
+    """The runs of ``ids`` that are neither PENDING nor RUNNING, by Prefect's filter."""
+    return await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=ids),
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(not_any_=[StateType.PENDING, StateType.RUNNING])
+            ),
+        )
+    )

@@ -374,7 +374,10 @@ class StableNewWorker(
     async def _paused(self, gate: GpuGate, now: float) -> bool:
         """Whether the pool is paused, read at most every POOL_READ_SECONDS (the gate keeps
         the flag: staged runs hold while it is set)."""
-        if now - self._last_pool_read >= POOL_READ_SECONDS:
+        look = self.scheduled.fresh_look(POOL_READ_SECONDS)  # the cancel watch's, if recent
+        if look is not None:
+            gate.set_paused(look.is_paused)
+        elif now - self._last_pool_read >= POOL_READ_SECONDS:
             self._last_pool_read = now
             pool = await self.client.read_work_pool(self._work_pool_name)
             gate.set_paused(bool(pool.is_paused))
@@ -613,6 +616,7 @@ class StableNewWorker(
                 run_logger=self.get_flow_run_logger,
                 logger=self._logger,
                 worker_name=self.name,
+                look=self.scheduled.look,
             )
         return self._watch
 

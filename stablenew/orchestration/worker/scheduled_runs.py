@@ -8,12 +8,18 @@ where counting the runs that are due costs about 3.5 (``bench/overhead.py``). So
 nothing to fill counts first, and asks only when a run is due, when its last ask left runs
 behind, or every ``READY_POLL_SECONDS`` anyway, well inside the 60 s after which Prefect shows
 an unpolled queue or deployment as not ready.
+
+While it has runs in flight the worker also looks at the pool twice a second (its cancel
+watch): on our server that one read also answers whether the pool is paused and which queues
+have runs due (``server/look_route.py``), so a look that recent stands in for a count and for
+a read of the pool.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -38,10 +44,23 @@ from prefect.utilities.engine import propose_state
 
 CLAIM_ROUTE = "/stablenew/work_pools/{name}/claim"  # see server/claim_route.py
 START_ROUTE = "/stablenew/flow_runs/{id}/start"
+LOOK_ROUTE = "/stablenew/work_pools/{name}/look"  # see server/look_route.py
+# A look this recent stands in for a count of the runs due (the cancel watch looks every
+# 0.5 s; the slack keeps a tick's jitter from sending a count beside every look).
+LOOK_FRESH_SECONDS = 0.75
 READY_POLL_SECONDS = 10.0
 FRUITLESS_ASK_SECONDS = 1.0  # the count saw runs the ask did not get (a paused queue): back off
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PoolLook:
+    """What the last look at the pool saw, and when (``time.monotonic()``)."""
+
+    at: float
+    is_paused: bool
+    due: dict[str, int]  # runs due now, by queue name
 
 
 class ScheduledRuns:
@@ -59,6 +78,8 @@ class ScheduledRuns:
         self._quiet_until = 0.0
         self.can_claim = True  # until the server turns out to lack our claim route
         self.can_start = True  # likewise, its start route
+        self.can_look = True  # likewise, its look route
+        self._look: PoolLook | None = None
 
     def ready_poll_due(self, now: float) -> bool:
         """Whether the queues must be asked now, due runs or not, to stay "ready"."""
@@ -90,6 +111,9 @@ class ScheduledRuns:
     async def due(self, queues: list[str] | None) -> bool:
         """Whether a scheduled run is due now in ``queues`` (``None``: every queue served)."""
         names = queues if queues is not None else sorted(self._queues()) or None
+        look = self.fresh_look(LOOK_FRESH_SECONDS)
+        if look is not None:
+            return any(n > 0 for name, n in look.due.items() if names is None or name in names)
         count = await self._client().count_flow_runs(
             flow_run_filter=FlowRunFilter(
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
@@ -103,6 +127,42 @@ class ScheduledRuns:
             ),
         )
         return count > 0
+
+    async def look(self, flow_run_ids: list[UUID]) -> list[FlowRun] | None:
+        """The runs of ``flow_run_ids`` that are neither PENDING nor RUNNING, read in one
+        request with the pool's pause flag and its runs due per queue, which are kept for
+        :meth:`due` and :meth:`fresh_look` (see ``server/look_route.py``). ``None`` when
+        the server cannot answer it (any Prefect server but ours; a pool gone): the caller
+        then reads the runs with Prefect's filter."""
+        if not self.can_look:
+            return None
+        try:
+            response = await self._client().request(
+                "POST",
+                LOOK_ROUTE,  # type: ignore[arg-type]
+                path_params={"name": self._pool},
+                json={"flow_run_ids": [str(run_id) for run_id in flow_run_ids]},
+            )
+        except httpx.HTTPStatusError as e:
+            if e.response.status_code != 404:
+                raise
+            if _no_such_route(e.response):
+                self.can_look = False
+            return None
+        body = response.json()
+        self._look = PoolLook(
+            at=time.monotonic(),
+            is_paused=bool(body["is_paused"]),
+            due={str(name): int(n) for name, n in body["due"].items()},
+        )
+        return [FlowRun.model_validate(run) for run in body["changed"]]
+
+    def fresh_look(self, max_age: float) -> PoolLook | None:
+        """The last look at the pool, if it is at most ``max_age`` seconds old."""
+        look = self._look
+        if look is None or time.monotonic() - look.at > max_age:
+            return None
+        return look
 
     def _asked_queues(self, queues: list[str] | None) -> list[str] | None:
         """The queue names an ask names: those of ``queues`` this worker serves (``[]``:
