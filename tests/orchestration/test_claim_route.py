@@ -1,7 +1,8 @@
-"""The embedded server's claim, start and look routes (``orchestration.server.claim_route``,
-``look_route``) against Prefect's own requests: a claim against ``get_scheduled_flow_runs``, a
-proposed PENDING and the worker's labels; a start against a proposed RUNNING; a look against
-the run filter, the due count per queue and the pool read a worker would send instead.
+"""The embedded server's claim, start, look and changes routes (``orchestration.server.
+claim_route``, ``look_route``, ``changes_route``) against Prefect's own requests: a claim
+against ``get_scheduled_flow_runs``, a proposed PENDING and the worker's labels; a start
+against a proposed RUNNING; a look against the run filter, the due count per queue and the
+pool read a worker would send instead; changes against reading the runs.
 
 On a server of its own with no worker, so nothing else claims: the runs, their states and
 their ``prefect.flow-run.Pending`` events must match what Prefect's requests make, field for
@@ -42,6 +43,7 @@ from stablenew.orchestration._prefect import prefect_client, read_runs_by_id
 from stablenew.orchestration.server.embedded import Stack
 from stablenew.orchestration.services.deployments import apply
 from stablenew.orchestration.services.jobs import JobService
+from stablenew.orchestration.services.monitor import read_changes
 from stablenew.orchestration.worker.cancel_watch import read_left
 from stablenew.orchestration.worker.scheduled_runs import (
     CLAIM_ROUTE,
@@ -328,5 +330,39 @@ def test_a_look_answers_what_prefects_own_reads_answer(service: JobService) -> N
                 assert "nonesuch" in missing.value.response.text
             finally:
                 await client.delete_flow_run(later.id)
+
+    asyncio.run(go())
+
+
+def test_changes_answers_only_the_runs_whose_state_changed(service: JobService) -> None:
+    runs = _submit(service, 3)
+
+    async def go() -> None:
+        async with prefect_client() as client:
+            seen = {r.id: r.state_id for r in runs}
+            assert await read_changes(client, seen) == []
+            await client.set_flow_run_state(runs[1].id, Cancelling(message="cancel"))
+            missing = uuid.uuid4()
+            changes = await read_changes(client, {**seen, runs[2].id: None, missing: None})
+            assert changes is not None
+            assert sorted(c.id for c in changes) == sorted([runs[1].id, runs[2].id])
+            for change in changes:
+                run = await client.read_flow_run(change.id)
+                assert run.state
+                assert (
+                    change.state_id,
+                    change.state_type,
+                    change.state_name,
+                    change.state_message,
+                    change.work_queue_name,
+                    change.expected_start_time,
+                ) == (
+                    run.state_id,
+                    run.state.type.value,
+                    run.state.name,
+                    run.state.message,
+                    run.work_queue_name,
+                    run.expected_start_time,
+                )
 
     asyncio.run(go())

@@ -9,8 +9,9 @@ writes that read before they write take SQLite's write lock first (see
 :func:`write_at_once_where_read_then_write`). The server
 also gets routes of ours: a faster bulk creation of flow runs (see ``bulk_route``),
 cancelling many runs in one transaction (see ``cancel_route``), a worker's claim of its
-next runs and its start of one, each in one request (see ``claim_route``), and what a
-worker with runs in flight polls for, in one read (see ``look_route``).
+next runs and its start of one, each in one request (see ``claim_route``), what a
+worker with runs in flight polls for, in one read (see ``look_route``), and what changed
+for a follower of runs, lean (see ``changes_route``).
 
 The first stall (measured on the bench before the fix: whole-server freezes of 60-120 s,
 several per few hundred jobs): SQLAlchemy 2.0's aiosqlite adapter leaves its cursor open when
@@ -199,11 +200,18 @@ def write_at_once_where_read_then_write() -> None:
 def add_our_routes() -> None:
     """Serve :mod:`stablenew.orchestration.server.bulk_route`,
     :mod:`stablenew.orchestration.server.cancel_route`,
-    :mod:`stablenew.orchestration.server.claim_route` and
-    :mod:`stablenew.orchestration.server.look_route` beside Prefect's own routes."""
+    :mod:`stablenew.orchestration.server.claim_route`,
+    :mod:`stablenew.orchestration.server.look_route` and
+    :mod:`stablenew.orchestration.server.changes_route` beside Prefect's own routes."""
     from prefect.server.api import server as api_server
 
-    from stablenew.orchestration.server import bulk_route, cancel_route, claim_route, look_route
+    from stablenew.orchestration.server import (
+        bulk_route,
+        cancel_route,
+        changes_route,
+        claim_route,
+        look_route,
+    )
 
     # create_api_app() includes every router of this tuple when it builds the app.
     api_server.API_ROUTERS = (  # type: ignore[assignment]
@@ -212,6 +220,7 @@ def add_our_routes() -> None:
         cancel_route.router,
         claim_route.router,
         look_route.router,
+        changes_route.router,
     )
 
 
