@@ -11,8 +11,8 @@ from prefect.states import Cancelled, Running, Scheduled
 
 from stablenew.lifecycle import JobStatus
 from stablenew.orchestration._prefect import prefect_client
-from stablenew.orchestration.services.jobs import JobService
 from stablenew.orchestration.services import monitor
+from stablenew.orchestration.services.jobs import JobService
 from stablenew.orchestration.services.monitor import follow
 from stablenew.orchestration.services.queue_view import job_ref
 from tests.orchestration.conftest import LiveStack, make_record
@@ -47,9 +47,7 @@ def test_follow_sees_a_run_start_go_back_to_its_queue_and_end(
                     seen.append(now)
                     # What a tick shows is what a full read of each run shows.
                     for run_id in (moved, other):
-                        assert snapshot[str(run_id)] == job_ref(
-                            await client.read_flow_run(run_id)
-                        )
+                        assert snapshot[str(run_id)] == job_ref(await client.read_flow_run(run_id))
                     if steps:
                         run_id, state = steps.pop(0)
                         await client.set_flow_run_state(run_id, state, force=True)
