@@ -17,8 +17,8 @@ from stablenew.orchestration.services.queue_view import JobRef, job_ref
 
 CHANGES_ROUTE = "/stablenew/flow_runs/changes"  # see server/changes_route.py
 
-# Ids per "has anything left SCHEDULED?" query. The answer is small (what changed since the
-# last tick), so a wide id list is cheap; it is paged in case many changed at once.
+# Ids per tick's query (what changed, or what left SCHEDULED). The answer is small (what
+# changed since the last tick), so a wide id list is cheap; it is paged in case many changed.
 _WAITING_CHUNK = 2000
 
 
@@ -79,9 +79,10 @@ async def follow(
 ) -> AsyncIterator[dict[str, JobRef]]:
     """Yield a snapshot {flow_run_id: JobRef} each tick until all runs are terminal.
 
-    After a first full read, a tick reads only runs that may have changed: those not
-    SCHEDULED, i.e. those last seen active (a handful: one worker runs one job) and those
-    that have left their queue since, in one query.
+    After a first full read, a tick asks only for what changed: on our server, the runs
+    whose state is no longer the one last seen, as a few columns (``server/changes_route.py``);
+    on any other, the runs not SCHEDULED, i.e. those last seen active (a handful: one worker
+    runs one job) and those that have left their queue since, in one query.
     Re-reading every waiting run, each with its full record, every tick cost the server more
     CPU than running the jobs, and on a small machine that CPU is taken from the pipeline.
     ``timeout`` bounds the whole wait (``None``: until done).

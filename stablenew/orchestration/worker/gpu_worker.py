@@ -372,7 +372,8 @@ class StableNewWorker(
         return submitted
 
     async def _paused(self, gate: GpuGate, now: float) -> bool:
-        """Whether the pool is paused, read at most every POOL_READ_SECONDS (the gate keeps
+        """Whether the pool is paused: as the cancel watch's look saw it if that is under
+        POOL_READ_SECONDS old, else read at most every POOL_READ_SECONDS (the gate keeps
         the flag: staged runs hold while it is set)."""
         look = self.scheduled.fresh_look(POOL_READ_SECONDS)  # the cancel watch's, if recent
         if look is not None:

@@ -113,7 +113,7 @@ class ScheduledRuns:
         names = queues if queues is not None else sorted(self._queues()) or None
         look = self.fresh_look(LOOK_FRESH_SECONDS)
         if look is not None:
-            return any(n > 0 for name, n in look.due.items() if names is None or name in names)
+            return any(n > 0 for name, n in look.due.items() if not names or name in names)
         count = await self._client().count_flow_runs(
             flow_run_filter=FlowRunFilter(
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
