@@ -6,6 +6,7 @@ runs."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,3 +117,48 @@ def test_a_submission_interrupted_between_chunks_rolls_back_and_stays_a_cancella
         if StateType.CANCELLING in history:
             after = history[history.index(StateType.CANCELLING) :]
             assert StateType.RUNNING not in after, history  # started once cancelled
+
+
+def test_a_submission_interrupted_during_its_request_cancels_what_the_server_commits_after(
+    live: LiveStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a chunk's request is on its way: the server goes on with it and commits
+    the runs after the interrupted submission looked for what it had made. They must end
+    cancelled too, not queued for a worker to run (seen: one ran after Ctrl-C on `run`)."""
+    import asyncio
+
+    from prefect.client.schemas.objects import StateType
+
+    from stablenew.orchestration.services import submission
+    from tests.orchestration.faults import runs_of
+
+    service = JobService()
+    service.pause()  # what is left queued stays visible as such
+    pack = "interrupted-in-flight"
+    records = [make_record(f"{pack} {i}", pack_id=pack) for i in range(submission.BULK)]
+    post_to = submission.Batch._post_to
+
+    async def post_then_interrupted(self: Any, route: str, payloads: Any) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        # The chunk takes the server most of a second: this lands while it works on it.
+        asyncio.get_running_loop().call_later(0.2, task.cancel)
+        return await post_to(self, route, payloads)
+
+    monkeypatch.setattr(submission.Batch, "_post_to", post_then_interrupted)
+    find_strays = submission.Batch.find_strays
+
+    async def looked_too_soon(self: Any, created: Any, *, only: Any = None) -> Any:
+        if only is None:  # the search right after the interrupt ran before the commit
+            return []  # (as seen in CI); here the server is usually done by then
+        return await find_strays(self, created, only=only)
+
+    monkeypatch.setattr(submission.Batch, "find_strays", looked_too_soon)
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(service.asubmit_runs(records))
+        runs = runs_of(pack)
+        assert len(runs) == submission.BULK  # committed after the interrupt
+        assert {r.state_type for r in runs} == {StateType.CANCELLED}
+    finally:
+        service.resume()

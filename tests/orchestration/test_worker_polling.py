@@ -30,6 +30,7 @@ class Recorded:
     def __init__(self, worker: StableNewWorker) -> None:
         self.asks: list[int] = []
         self.counts: list[bool] = []
+        self.counted_at: list[float] = []
         ask, claim, count = worker.scheduled.next, worker.scheduled.claim, worker.scheduled.due
 
         async def asking(limit: int, queues: list[str] | None = None) -> Any:
@@ -44,6 +45,7 @@ class Recorded:
             return got
 
         async def counting(queues: list[str] | None) -> bool:
+            self.counted_at.append(time.monotonic())
             due = await count(queues)
             self.counts.append(due)
             return due
@@ -84,14 +86,19 @@ def test_an_idle_worker_counts_due_runs_and_asks_only_when_one_is_due(
             await service.aset_paused(False)
             await asyncio.sleep(worker_module.POOL_READ_SECONDS + 0.1)
             seen.counts.clear()
+            seen.counted_at.clear()
             # Nothing due: one ask keeps the queues ready, then only counts, and at most
-            # every IDLE_COUNT_SECONDS however often it polls.
+            # every IDLE_COUNT_SECONDS however often it polls (15 polls in five rounds: one
+            # count a round, two where a round's polls outlast IDLE_COUNT_SECONDS).
             for _ in range(5):
                 await asyncio.sleep(worker_module.IDLE_COUNT_SECONDS)
                 for _ in range(3):
                     assert await worker_with_gate.get_and_submit_flow_runs() == []
             assert seen.asks == [0]
-            assert seen.counts == [False] * 4
+            assert len(seen.counts) >= 4
+            assert seen.counts == [False] * len(seen.counts)
+            apart = [b - a for a, b in zip(seen.counted_at, seen.counted_at[1:], strict=False)]
+            assert min(apart) >= worker_module.IDLE_COUNT_SECONDS, apart
 
             # Once READY_POLL_SECONDS have passed it asks again, due or not.
             monkeypatch.setattr(scheduled_runs, "READY_POLL_SECONDS", 0.0)

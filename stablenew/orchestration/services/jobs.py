@@ -130,6 +130,7 @@ class JobService:
             order = group_by_model(valid) if group_models else list(range(len(valid)))
             batch = Batch(client, deployment.id, prio, submission, base, order, lineage)
             created: dict[int, FlowRun] = {}
+            chunk: list[tuple[int, NormalizedJobRecord]] = []
             try:
                 for start in range(0, len(order), BULK):
                     chunk = [(i, valid[i]) for i in order[start : start + BULK]]
@@ -144,6 +145,14 @@ class JobService:
             except BaseException as error:
                 made = list(created.values()) + await batch.find_strays(created)
                 await self._rollback(client, made)
+                # The server goes on with a request whose answer we gave up on (Ctrl-C): its
+                # runs may be committed after that search, and a worker claims them at once.
+                late = await batch.find_late_strays(
+                    [i for i, _ in chunk if i not in created], {r.id for r in made}
+                )
+                if late:
+                    await self._rollback(client, late)
+                    made += late
                 rolled_back = [str(r.id) for r in made]
                 if isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
                     raise  # Ctrl-C: rolled back, and still a cancellation to the caller

@@ -46,6 +46,10 @@ PREFECT_BULK = 100  # Prefect's own route's limit per request
 FAST_ROUTE = "/stablenew/deployments/{id}/create_flow_run/bulk"
 PREFECT_ROUTE = "/deployments/{id}/create_flow_run/bulk"
 LOCKED_RETRIES = 10
+# After an interrupted or failed request, how long the runs it may still create are looked
+# for (a 500-run chunk commits within about a second here), and how often.
+STRAY_WAIT_SECONDS = 3.0
+STRAY_POLL_SECONDS = 0.25
 RESUBMITTABLE = {StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
 
@@ -278,10 +282,35 @@ class Batch:
                 return run
         raise SubmissionError(f"job {rec.job_id} was re-submitted more than {MAX_RESUBMITS} times")
 
-    async def find_strays(self, created: dict[int, FlowRun]) -> list[FlowRun]:
+    async def find_late_strays(
+        self, indexes: Sequence[int], seen: set[uuid.UUID], timeout: float = STRAY_WAIT_SECONDS
+    ) -> list[FlowRun]:
+        """Runs of ``indexes`` (a chunk whose request got no answer) that the server
+        committed after :meth:`find_strays` looked: it goes on with a request whose caller
+        was interrupted. A chunk is one transaction, so once any of its runs shows, all of
+        it has; looked for every STRAY_POLL_SECONDS for at most ``timeout`` seconds."""
+        keys = {i: self.keys[i] for i in indexes if i in self.keys}
+        if not keys:
+            return []
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            found = await self.find_strays({}, only=list(keys.values()))
+            if found:
+                return [r for r in found if r.id not in seen]
+            if asyncio.get_running_loop().time() >= deadline:
+                return []
+            await asyncio.sleep(STRAY_POLL_SECONDS)
+
+    async def find_strays(
+        self, created: dict[int, FlowRun], *, only: Sequence[str] | None = None
+    ) -> list[FlowRun]:
         """Runs this submission made that we never heard back about (a request that failed
-        after the server committed it)."""
-        missing = [key for i, key in self.keys.items() if i not in created]
+        after the server committed it); ``only``: of these idempotency keys."""
+        missing = (
+            list(only)
+            if only is not None
+            else [key for i, key in self.keys.items() if i not in created]
+        )
         strays: list[FlowRun] = []
         for start in range(0, len(missing), PAGE):
             try:
