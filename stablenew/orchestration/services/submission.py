@@ -289,12 +289,16 @@ class Batch:
         committed after :meth:`find_strays` looked: it goes on with a request whose caller
         was interrupted. A chunk is one transaction, so once any of its runs shows, all of
         it has; looked for every STRAY_POLL_SECONDS for at most ``timeout`` seconds."""
-        keys = {i: self.keys[i] for i in indexes if i in self.keys}
+        keys = [self.keys[i] for i in indexes if i in self.keys]
         if not keys:
             return []
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            found = await self.find_strays({}, only=list(keys.values()))
+            found = await self.find_strays({}, only=keys)
+            if found and len(found) < len(keys):
+                # The search reads a page at a time: the commit may have landed between two
+                # pages (seen: 0, 0, then 100 of 500). All of it is there now.
+                found = await self.find_strays({}, only=keys)
             if found:
                 return [r for r in found if r.id not in seen]
             if asyncio.get_running_loop().time() >= deadline:
