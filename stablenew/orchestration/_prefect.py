@@ -6,9 +6,11 @@ against Prefect's temporary server.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 from uuid import UUID
 
 import httpx
@@ -20,9 +22,14 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_CLIENT_MAX_RETRIES,
+    temporary_settings,
+)
 
 from stablenew.errors import PrefectUnavailable
+from stablenew.orchestration.server.embedded import EMBEDDED_CLIENT_RETRIES
 from stablenew.orchestration.server.locate import cached_prefect
 from stablenew.settings import get_settings
 
@@ -52,7 +59,11 @@ async def prefect_client() -> AsyncIterator[PrefectClient]:
             yield client
         return
     target = cached_prefect(get_settings().home)
-    with temporary_settings(updates={PREFECT_API_URL: target.api_url}):
+    updates: dict[Any, Any] = {PREFECT_API_URL: target.api_url}
+    if "PREFECT_CLIENT_MAX_RETRIES" not in os.environ:
+        # The embedded server's workers get this patience too (see ``client_env``).
+        updates[PREFECT_CLIENT_MAX_RETRIES] = int(EMBEDDED_CLIENT_RETRIES)
+    with temporary_settings(updates=updates):
         async with _translated_client() as client:
             yield client
 

@@ -64,6 +64,34 @@ def test_the_sdk_finds_the_stack_through_the_data_dir(
     assert JobService().queue_state().pool == "stablenew-gpu"
 
 
+@pytest.mark.usefixtures("no_api_url")
+@pytest.mark.parametrize(("users", "tries"), [(None, 120), ("7", 7)])
+def test_a_client_of_the_embedded_stack_waits_out_a_locked_database_as_its_workers_do(
+    live_stack: LiveStack, monkeypatch: pytest.MonkeyPatch, users: str | None, tries: int
+) -> None:
+    """The stack answers a locked database with a 0.25 s Retry-After; with Prefect's 5 tries
+    a pause under a burst of writes failed with its 503. A user's own setting stays."""
+    import asyncio
+
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+
+    from stablenew.orchestration._prefect import prefect_client
+
+    monkeypatch.setenv("STABLENEW_HOME", str(live_stack.stack.home))
+    if users is None:
+        monkeypatch.delenv("PREFECT_CLIENT_MAX_RETRIES", raising=False)
+    else:
+        monkeypatch.setenv("PREFECT_CLIENT_MAX_RETRIES", users)
+    get_settings.cache_clear()
+
+    async def seen() -> int:
+        async with prefect_client() as client:
+            await client.api_healthcheck()
+            return PREFECT_CLIENT_MAX_RETRIES.value()
+
+    assert asyncio.run(seen()) == tries
+
+
 def test_the_prefect_ui_is_told_the_servers_real_api(live_stack: LiveStack) -> None:
     ui = live_stack.prefect_url.removesuffix("/api")
     settings = httpx.get(f"{ui}/ui-settings", timeout=10).json()

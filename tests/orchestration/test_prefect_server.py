@@ -123,19 +123,22 @@ def restore_write_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(api_server, "create_api_app", api_server.create_api_app)
 
 
-def test_prefect_still_begins_the_label_variable_and_heartbeat_writes_deferred() -> None:
+def test_prefect_still_begins_the_read_then_write_routes_deferred() -> None:
     """What :func:`write_at_once_where_read_then_write` relies on; a Prefect upgrade that
     changes it fails here (the fix may then be wrong or no longer needed)."""
     import inspect
     import uuid
 
     from fastapi.routing import APIRoute
-    from prefect.server.api import flow_runs, server, variables, workers
+    from prefect.server.api import flow_runs, server, variables, work_queues, workers
 
     routes = (
         flow_runs.update_flow_run_labels,
         variables.update_variable_by_name,
         workers.worker_heartbeat,
+        workers.update_work_pool,
+        workers.update_work_queue,
+        work_queues.update_work_queue,
     )
     for route in routes:
         assert "session_context(begin_transaction=True)" in inspect.getsource(route)
@@ -145,18 +148,21 @@ def test_prefect_still_begins_the_label_variable_and_heartbeat_writes_deferred()
         ("PATCH", f"/flow_runs/{uuid.uuid4()}/labels"),
         ("PATCH", "/variables/name/stablenew-gpu-a"),
         ("POST", "/work_pools/stablenew-gpu/workers/heartbeat"),
+        ("PATCH", "/work_pools/stablenew-gpu"),
+        ("PATCH", "/work_pools/stablenew-gpu/queues/high"),
+        ("PATCH", f"/work_queues/{uuid.uuid4()}"),
     ]:
         assert prefect_server._READ_THEN_WRITE[method].search(path)
         assert any(
             r.path_regex.match(path) and method in r.methods
-            for module in (flow_runs, variables, workers)
+            for module in (flow_runs, variables, workers, work_queues)
             for r in module.router.routes
             if isinstance(r, APIRoute)
         ), path
 
 
 @pytest.mark.usefixtures("restore_write_mode")
-def test_label_variable_and_heartbeat_writes_begin_immediate(tmp_path: Path) -> None:
+def test_read_then_write_routes_begin_immediate(tmp_path: Path) -> None:
     from prefect.server.api import server as api_server
     from prefect.server.database.configurations import (
         SQLITE_BEGIN_MODE,
@@ -182,6 +188,10 @@ def test_label_variable_and_heartbeat_writes_begin_immediate(tmp_path: Path) -> 
         ("PATCH", "/api/flow_runs/0b8f/labels"),
         ("PATCH", "/api/variables/name/stablenew-gpu-a"),
         ("POST", "/api/work_pools/stablenew-gpu/workers/heartbeat"),
+        ("PATCH", "/api/work_pools/stablenew-gpu"),
+        ("PATCH", "/api/work_pools/stablenew-gpu/queues/high"),
+        ("PATCH", "/api/work_queues/0b8f"),
+        ("PATCH", "/api/work_pools/stablenew-gpu/queues/high/extra"),
         ("PATCH", "/api/flow_runs/0b8f"),
         ("POST", "/api/flow_runs/0b8f/set_state"),
     ]:
@@ -190,6 +200,10 @@ def test_label_variable_and_heartbeat_writes_begin_immediate(tmp_path: Path) -> 
         "PATCH /api/flow_runs/0b8f/labels": "IMMEDIATE",
         "PATCH /api/variables/name/stablenew-gpu-a": "IMMEDIATE",
         "POST /api/work_pools/stablenew-gpu/workers/heartbeat": "IMMEDIATE",
+        "PATCH /api/work_pools/stablenew-gpu": "IMMEDIATE",
+        "PATCH /api/work_pools/stablenew-gpu/queues/high": "IMMEDIATE",
+        "PATCH /api/work_queues/0b8f": "IMMEDIATE",
+        "PATCH /api/work_pools/stablenew-gpu/queues/high/extra": "DEFERRED",
         "PATCH /api/flow_runs/0b8f": "DEFERRED",
         "POST /api/flow_runs/0b8f/set_state": "DEFERRED",
     }

@@ -97,6 +97,12 @@ def prefect_server_env(home: Path, port: int) -> dict[str, str]:
     }
 
 
+# Tries of a request the embedded server answered 503 (a locked database), each after its
+# Retry-After of 0.25 s: ~30 s of patience, near Prefect's default (5 tries, 2 to 32 s apart)
+# that the short Retry-After would cut to ~1.5 s.
+EMBEDDED_CLIENT_RETRIES = "120"
+
+
 def client_env(api_url: str) -> dict[str, str]:
     return {
         "PREFECT_API_URL": api_url,
@@ -104,10 +110,8 @@ def client_env(api_url: str) -> dict[str, str]:
         # The embedded server does not enforce CSRF (Prefect's default); without this every
         # new client, one per flow run in the worker, first fetches a token it never needs.
         "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
-        # The embedded server asks for a retry after 0.25 s when SQLite is locked (see
-        # prefect_server.py) instead of the client's 2, 4, 8, 16, 32 s; this many tries keep
-        # about the same patience (~30 s) for a lock that lasts.
-        "PREFECT_CLIENT_MAX_RETRIES": "120",
+        # See EMBEDDED_CLIENT_RETRIES and prefect_server.retry_soon_when_locked.
+        "PREFECT_CLIENT_MAX_RETRIES": EMBEDDED_CLIENT_RETRIES,
     }
 
 

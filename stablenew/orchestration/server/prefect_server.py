@@ -140,14 +140,19 @@ def retry_soon_when_locked() -> None:
 
 
 # Prefect begins these writes DEFERRED: they read (the run's labels, the variable, the
-# worker's row) and then write, and in WAL mode a write committed in between makes the
-# upgrade to a write lock fail at once (SQLITE_BUSY_SNAPSHOT; SQLite's busy timeout does not
-# apply), answered 503 and retried. Each job makes one label and one variable write: on the
-# bench 0.26 and 0.62 of them per job failed so, and the label write is on the way from a
-# claim to the run's start; a heartbeat that fails so makes a worker look dead. Begun
+# worker's row, the pool or queue) and then write, and in WAL mode a write committed in
+# between makes the upgrade to a write lock fail at once (SQLITE_BUSY_SNAPSHOT; SQLite's busy
+# timeout does not apply), answered 503 and retried. Each job makes one label and one variable
+# write: on the bench 0.26 and 0.62 of them per job failed so, and the label write is on the
+# way from a claim to the run's start; a heartbeat that fails so makes a worker look dead.
+# A pool or queue update (pause, resume, priorities) lost six such races in a row to the
+# writes of a pack being cancelled, and the user's command failed with the 503. Begun
 # IMMEDIATE (as Prefect's own state writes are), they wait for the lock instead.
 _READ_THEN_WRITE = {
-    "PATCH": re.compile(r"/(flow_runs/[^/]+/labels|variables/name/[^/]+)$"),
+    "PATCH": re.compile(
+        r"/(flow_runs/[^/]+/labels|variables/name/[^/]+"
+        r"|work_pools/[^/]+(/queues/[^/]+)?|work_queues/[^/]+)$"
+    ),
     "POST": re.compile(r"/work_pools/[^/]+/workers/heartbeat$"),
 }
 _write_at_once: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -174,8 +179,8 @@ class _WriteAtOnce:
 
 
 def write_at_once_where_read_then_write() -> None:
-    """Begin the transactions of the label, variable and worker heartbeat writes IMMEDIATE
-    on SQLite."""
+    """Begin the transactions of the label, variable, worker heartbeat, pool and queue writes
+    IMMEDIATE on SQLite."""
     from prefect.server.api import server as api_server
     from prefect.server.database.configurations import AioSqliteConfiguration
 
