@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -175,3 +176,76 @@ def test_a_recent_look_stands_in_for_the_count_and_the_pool_read(
         gpu_gate.install(before)
         service.cancel(record.job_id)
         service.resume()
+
+
+class _Asks:
+    """Stands for the worker's ``scheduled``: records each claim (how many, which queues)."""
+
+    can_claim = True
+
+    def __init__(self) -> None:
+        self.claims: list[tuple[int, list[str] | None]] = []
+
+    def ready_poll_due(self, now: float) -> bool:
+        return False
+
+    async def worth_asking(self, queues: list[str] | None = None) -> bool:
+        return True
+
+    async def claim(self, limit: int, queues: list[str] | None, **how: Any) -> list[Any]:
+        self.claims.append((limit, queues))
+        return []
+
+
+@pytest.mark.parametrize(
+    ("lookahead", "in_flight", "claimed"),
+    [
+        (4, 5, [(1, ["urgent", "high"])]),  # full: only a priority jump
+        # A slot freed with three runs still staged waits for a second: only a run that
+        # outranks the staged ones takes it meanwhile, as when full.
+        (4, 4, [(1, ["urgent", "high"])]),
+        (4, 3, [(2, None)]),  # two free: both in one claim
+        (4, 1, [(4, None)]),
+        (2, 2, [(1, None)]),  # one staged only: no waiting for a pair
+        (1, 1, [(1, None)]),
+    ],
+)
+def test_a_worker_with_runs_staged_claims_two_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+    lookahead: int,
+    in_flight: int,
+    claimed: list[tuple[int, list[str] | None]],
+) -> None:
+    """A claim of two costs the server ~47 ms of CPU, of one ~32 (PAIR_WHEN_STAGED): a worker
+    whose lookahead still holds two staged runs or more claims only once two slots are free.
+    ``in_flight`` counts the generating run: the others are staged, all in "normal"."""
+    import anyio
+
+    from stablenew.orchestration.worker.gpu_worker import QUEUE_PRIORITY
+
+    async def scenario() -> list[tuple[int, list[str] | None]]:
+        worker = StableNewWorker(work_pool_name=POOL, name="pairs", lookahead=lookahead)
+        assert worker.gate is not None
+        worker._limiter = anyio.CapacityLimiter(lookahead + 2)
+        asks = _Asks()
+        worker.scheduled = asks  # type: ignore[assignment]
+
+        async def not_paused(*_: Any) -> bool:
+            return False
+
+        monkeypatch.setattr(worker, "_paused", not_paused)
+        runs = [uuid.uuid4() for _ in range(in_flight)]
+        for run_id in runs:
+            worker._limiter.acquire_on_behalf_of_nowait(run_id)
+            worker._submitting_flow_run_ids.add(run_id)  # held, not stale
+        worker.gate._holder = runs[0]
+        for run_id in runs[1:]:
+            worker.gate.expect(run_id, (QUEUE_PRIORITY["normal"], datetime.now(UTC)))
+        await worker._claim_for_gpu(worker.gate)
+        return asks.claims
+
+    before = gpu_gate.installed()
+    try:
+        assert asyncio.run(scenario()) == claimed
+    finally:
+        gpu_gate.install(before)
