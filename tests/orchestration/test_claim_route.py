@@ -1,8 +1,9 @@
-"""The embedded server's claim, start, look and changes routes (``orchestration.server.
-claim_route``, ``look_route``, ``changes_route``) against Prefect's own requests: a claim
-against ``get_scheduled_flow_runs``, a proposed PENDING and the worker's labels; a start
-against a proposed RUNNING; a look against the run filter, the due count per queue and the
-pool read a worker would send instead; changes against reading the runs.
+"""The embedded server's claim, start, look, changes and finish routes (``orchestration.server.
+claim_route``, ``look_route``, ``changes_route``, ``finish_route``) against Prefect's own
+requests: a claim against ``get_scheduled_flow_runs``, a proposed PENDING and the worker's
+labels; a start against a proposed RUNNING; a look against the run filter, the due count per
+queue and the pool read a worker would send instead; changes against reading the runs; a
+finish against creating the artifact, then proposing the final state.
 
 On a server of its own with no worker, so nothing else claims: the runs, their states and
 their ``prefect.flow-run.Pending`` events must match what Prefect's requests make, field for
@@ -364,5 +365,123 @@ def test_changes_answers_only_the_runs_whose_state_changed(service: JobService) 
                     run.work_queue_name,
                     run.expected_start_time,
                 )
+
+    asyncio.run(go())
+
+
+async def _artifacts_of(client: PrefectClient, run_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    response = await client.request(
+        "POST", "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [str(run_id)]}}}
+    )
+    return [(a["type"], a["data"], a["description"], a["key"]) for a in response.json()]
+
+
+async def _artifact_event(client: PrefectClient, artifact_id: str) -> dict[str, Any]:
+    body = {
+        "filter": {
+            "event": {"name": ["prefect.artifact.created"]},
+            "resource": {"id": [f"prefect.artifact.{artifact_id}"]},
+        },
+        "limit": 5,
+    }
+    for _ in range(150):  # the event persister writes in batches, every few seconds
+        events = (await client.request("POST", "/events/filter", json=body)).json()["events"]
+        if events:
+            assert len(events) == 1
+            return dict(events[0])
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no prefect.artifact.created event for artifact {artifact_id}")
+
+
+@pytest.mark.parametrize("route", ["finish route", "Prefect's requests"])
+def test_a_finish_writes_the_state_as_prefects_own_with_the_artifact(
+    service: JobService, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    """The final state and the run's artifact in one request (``server/finish_route.py``),
+    against creating the artifact, then proposing COMPLETED; a refused state brings no
+    artifact: a finish sent again after its answer was lost adds none."""
+    from prefect.client.schemas.actions import ArtifactCreate
+    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.states import Completed
+
+    from stablenew.orchestration.worker import scheduled_runs
+
+    if route != "finish route":
+        monkeypatch.setattr(scheduled_runs, "FINISH_ROUTE", "/stablenew/absent/finish")
+    _submit(service, 3)
+
+    def artifact(run_id: uuid.UUID) -> ArtifactCreate:
+        return ArtifactCreate(
+            type="markdown",
+            data="### outputs\n\n`a.png`",
+            description="Outputs",
+            flow_run_id=run_id,
+        )
+
+    async def go() -> None:
+        async with prefect_client() as client:
+            runs = [r.flow_run for r in await _claim(client, limit=3)]
+            for run in runs:
+                await client.set_flow_run_state(run.id, Running())
+            theirs, ours, other = runs
+            await client.create_artifact(artifact(theirs.id))
+            await client.set_flow_run_state(theirs.id, Completed())
+            scheduled = ScheduledRuns(lambda: client, POOL, set)
+            sent = [artifact(ours.id)]
+            result = await scheduled.finish(ours.id, Completed(), sent)
+            assert result.status == SetStateStatus.ACCEPT
+            assert sent == []  # the server has it
+            assert scheduled.can_finish is (route == "finish route")
+
+            read = {r.id: r for r in await read_runs_by_id(client, [theirs.id, ours.id])}
+            a, b = read[theirs.id], read[ours.id]
+            assert b.state_type == StateType.COMPLETED
+            assert _comparable(b) == _comparable(a)
+            states = [await client.read_flow_run_states(r.id) for r in (a, b)]
+            assert [s.type for s in states[1]] == [s.type for s in states[0]]
+            events = [
+                (await _events(client, r.id, "prefect.flow-run.Completed"))[0] for r in (a, b)
+            ]
+            assert events[1]["id"] == str(b.state_id)
+            same = {"event", "payload"}
+            assert {k: events[1][k] for k in same} == {k: events[0][k] for k in same}
+            made = await _artifacts_of(client, ours.id)
+            assert made == await _artifacts_of(client, theirs.id)
+            assert len(made) == 1
+            if route == "finish route":
+                # With the event Prefect's client emits when it creates one.
+                response = await client.request(
+                    "POST",
+                    "/artifacts/filter",
+                    json={"artifacts": {"flow_run_id": {"any_": [str(ours.id)]}}},
+                )
+                created = await _artifact_event(client, response.json()[0]["id"])
+                assert created["payload"] == {"type": "markdown", "description": "Outputs"}
+                assert [r["prefect.resource.id"] for r in created["related"]] == [
+                    f"prefect.flow-run.{ours.id}"
+                ]
+
+            # Sent again after its answer was lost (the same transition): refused, and no
+            # second artifact.
+            final = Completed()
+            final.state_details.transition_id = uuid.uuid4()
+            first = await scheduled.finish(other.id, final, [artifact(other.id)])
+            assert first.status == SetStateStatus.ACCEPT
+            again = await scheduled.finish(other.id, final, [artifact(other.id)])
+            if route == "finish route":
+                assert again.status == SetStateStatus.REJECT
+                assert again.state is not None
+                assert first.state is not None
+                assert again.state.id == first.state.id
+                assert len(await _artifacts_of(client, other.id)) == 1
+                # Only a final state finishes a run.
+                with pytest.raises(httpx.HTTPStatusError) as not_final:
+                    await client.request(
+                        "POST",
+                        scheduled_runs.FINISH_ROUTE,  # type: ignore[arg-type]
+                        path_params={"id": ours.id},
+                        json={"state": {"type": "RUNNING"}, "artifacts": []},
+                    )
+                assert not_final.value.response.status_code == 422
 
     asyncio.run(go())

@@ -206,8 +206,9 @@ def add_our_routes() -> None:
     """Serve :mod:`stablenew.orchestration.server.bulk_route`,
     :mod:`stablenew.orchestration.server.cancel_route`,
     :mod:`stablenew.orchestration.server.claim_route`,
-    :mod:`stablenew.orchestration.server.look_route` and
-    :mod:`stablenew.orchestration.server.changes_route` beside Prefect's own routes."""
+    :mod:`stablenew.orchestration.server.look_route`,
+    :mod:`stablenew.orchestration.server.changes_route` and
+    :mod:`stablenew.orchestration.server.finish_route` beside Prefect's own routes."""
     from prefect.server.api import server as api_server
 
     from stablenew.orchestration.server import (
@@ -215,6 +216,7 @@ def add_our_routes() -> None:
         cancel_route,
         changes_route,
         claim_route,
+        finish_route,
         look_route,
     )
 
@@ -226,6 +228,7 @@ def add_our_routes() -> None:
         claim_route.router,
         look_route.router,
         changes_route.router,
+        finish_route.router,
     )
 
 

@@ -20,7 +20,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -41,6 +41,7 @@ _throttle_lock = threading.Lock()
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.actions import ArtifactCreate
 
 
 def pack_artifact_key(pack_id: str) -> str:
@@ -138,6 +139,25 @@ def pack_artifact_due(pack_id: str, *, now: float | None = None) -> bool:
         return True
 
 
+def run_artifact(
+    record: NormalizedJobRecord,
+    outputs: Sequence[dict[str, Any]],
+    flow_run_id: UUID | None = None,
+) -> ArtifactCreate:
+    """The run's markdown artifact: its images, linked at the loopback file server."""
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    settings = get_settings()
+    home, output_root = settings.home, settings.resolved_output_root
+    server = running_server_url(home, output_root)
+    return ArtifactCreate(
+        type="markdown",
+        data=run_artifact_markdown(record, outputs, server_url=server, output_root=output_root),
+        description=f"Outputs of {record.run_name} ({record.job_id})",
+        flow_run_id=flow_run_id,
+    )
+
+
 async def apublish_run_artifacts(
     record: NormalizedJobRecord,
     outputs: Sequence[dict[str, Any]],
@@ -151,47 +171,54 @@ async def apublish_run_artifacts(
     The job is done when this is called (its images are written): an API that stays
     unreachable through the client's retries costs the run its artifact, never the job
     (the run would end FAILED once the API is back, and nothing would run it again)."""
+    from prefect.artifacts import acreate_markdown_artifact
+
+    async def publish() -> None:
+        if run is None:
+            artifact = run_artifact(record, outputs)
+            await acreate_markdown_artifact(
+                markdown=str(artifact.data), description=artifact.description
+            )
+        else:
+            await run[0].create_artifact(run_artifact(record, outputs, run[1]))
+        await _publish_pack_artifact_if_due(record, run)
+
+    await _unless_unreachable(publish(), log, "The run's artifact")
+
+
+async def apublish_pack_artifact_if_due(
+    record: NormalizedJobRecord, *, run: tuple[PrefectClient, UUID], log: Logger | None = None
+) -> None:
+    """The pack's keyed artifact, when due (:func:`pack_artifact_due`), linked to ``run``; an
+    unreachable API costs the update, as in :func:`apublish_run_artifacts`."""
+    publishing = _publish_pack_artifact_if_due(record, run)
+    await _unless_unreachable(publishing, log, "The pack's artifact")
+
+
+async def _publish_pack_artifact_if_due(
+    record: NormalizedJobRecord, run: tuple[PrefectClient, UUID] | None
+) -> None:
+    if pack_artifact_due(record.pack_id):
+        settings = get_settings()
+        await apublish_pack_artifact(
+            record.pack_id,
+            home=settings.home,
+            output_root=settings.resolved_output_root,
+            flow_run_id=run[1] if run is not None else None,
+            client=run[0] if run is not None else None,
+        )
+
+
+async def _unless_unreachable(publishing: Awaitable[None], log: Logger | None, what: str) -> None:
     from stablenew.orchestration._prefect import api_unavailable
 
     try:
-        await _apublish_run_artifacts(record, outputs, run)
+        await publishing
     except Exception as exc:
         if not api_unavailable(exc):
             raise
         (log or logger).warning(
-            "The run's artifact was not created: the Prefect API is unreachable (%r)", exc
-        )
-
-
-async def _apublish_run_artifacts(
-    record: NormalizedJobRecord,
-    outputs: Sequence[dict[str, Any]],
-    run: tuple[PrefectClient, UUID] | None,
-) -> None:
-    from prefect.artifacts import acreate_markdown_artifact
-    from prefect.client.schemas.actions import ArtifactCreate
-
-    settings = get_settings()
-    home, output_root = settings.home, settings.resolved_output_root
-    server = running_server_url(home, output_root)
-    markdown = run_artifact_markdown(record, outputs, server_url=server, output_root=output_root)
-    description = f"Outputs of {record.run_name} ({record.job_id})"
-    if run is None:
-        await acreate_markdown_artifact(markdown=markdown, description=description)
-    else:
-        client, flow_run_id = run
-        await client.create_artifact(
-            ArtifactCreate(
-                type="markdown", data=markdown, description=description, flow_run_id=flow_run_id
-            )
-        )
-    if pack_artifact_due(record.pack_id):
-        await apublish_pack_artifact(
-            record.pack_id,
-            home=home,
-            output_root=output_root,
-            flow_run_id=run[1] if run is not None else None,
-            client=run[0] if run is not None else None,
+            "%s was not created: the Prefect API is unreachable (%r)", what, exc
         )
 
 

@@ -17,17 +17,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
+from uuid import UUID, uuid4
 
 import anyio
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas import OrchestrationResult
+from prefect.client.schemas.actions import ArtifactCreate
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.exceptions import Abort
 from prefect.states import Cancelled, Completed, Running, exception_to_failed_state
 from prefect.utilities.engine import propose_state
 from pydantic import ValidationError
 
-from stablenew.orchestration.services.artifacts import apublish_run_artifacts
+from stablenew.orchestration.services.artifacts import (
+    apublish_pack_artifact_if_due,
+    run_artifact,
+)
 from stablenew.orchestration.worker.outage import steadily
 from stablenew.orchestration.worker.render import RunCancelled, render_job_run
 from stablenew.orchestration.worker.run_notes import PrefectRunNotes
@@ -38,11 +44,31 @@ RENDER_FLOW = "render-job"
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
+Finish = Callable[[UUID, State[Any], list[ArtifactCreate]], Awaitable[OrchestrationResult[Any]]]
+
+
+class _FinalStateWriter:
+    """The client ``propose_state`` is given for a run's final state: the state is written
+    by ``finish`` (:meth:`~stablenew.orchestration.worker.scheduled_runs.ScheduledRuns.finish`),
+    with the run's artifacts; ``propose_state`` asks nothing else of its client."""
+
+    def __init__(self, finish: Finish, artifacts: list[ArtifactCreate]) -> None:
+        self._finish = finish
+        self._artifacts = artifacts
+
+    async def set_flow_run_state(
+        self, flow_run_id: UUID, state: State[Any], force: bool = False
+    ) -> OrchestrationResult[Any]:
+        assert not force, "a run's final state is proposed, never forced"
+        return await self._finish(flow_run_id, state, self._artifacts)
+
+
 async def drive_render_run(
     client: PrefectClient,
     flow_run: FlowRun,
     logger: Logger,
     *,
+    finish: Finish,
     started: Callable[[], Awaitable[bool]] | None = None,
 ) -> State[Any]:
     """Take a claimed run of the render flow to its final state; returns the state the
@@ -53,6 +79,8 @@ async def drive_render_run(
     ``started()`` says whether it did; a run whose images are made but whose start could
     not be written then (the API was away) proposes RUNNING before its end. Without, the
     run is started here first, as Prefect's engine starts it.
+
+    The final state is written by ``finish``, with the run's artifact when it COMPLETED.
 
     Raises what says the run is no longer this worker's to end (``Abort``: handed back,
     taken back, or refused by the server), with no state written, and what a state write
@@ -77,6 +105,7 @@ async def drive_render_run(
     # RUNNING counts a new try, unless the run was marked as resuming one (see run_notes).
     attempt = flow_run.run_count + (0 if flow_run.empirical_policy.resuming else 1)
     final: State[Any]
+    artifacts: list[ArtifactCreate] = []
     try:
         notes = PrefectRunNotes(logger, flow_run.id)
         job = partial(render_job_run, record, flow_run.id, attempt, log=logger, notes=notes)
@@ -86,7 +115,9 @@ async def drive_render_run(
             if not state.is_running():
                 return state
             logger.info("Beginning flow run %r for flow %r", flow_run.name, RENDER_FLOW)
-        await apublish_run_artifacts(record, outputs, run=(client, flow_run.id), log=logger)
+        # The run's own artifact goes with its COMPLETED (see ScheduledRuns.finish).
+        artifacts.append(run_artifact(record, outputs, flow_run.id))
+        await apublish_pack_artifact_if_due(record, run=(client, flow_run.id), log=logger)
         final = Completed()
     except RunCancelled as exc:
         final = Cancelled(message=str(exc))
@@ -99,6 +130,8 @@ async def drive_render_run(
         await started()  # a start still on its way lands before the end, not after it
     # A final state that reached the server before it died is refused the second time
     # (Abort): the caller then reads the run, which has ended.
-    state = await steadily(partial(propose_state, client, final, flow_run_id=flow_run.id))
+    final.state_details.transition_id = uuid4()  # the same for each try: see finish
+    writer = cast(PrefectClient, _FinalStateWriter(finish, artifacts))
+    state = await steadily(partial(propose_state, writer, final, flow_run_id=flow_run.id))
     logger.info("Finished in state %s", state)
     return state

@@ -684,7 +684,9 @@ class StableNewWorker(
             if flow.name == RENDER_FLOW:
                 logger = self.get_flow_run_logger(flow_run)
                 started = partial(self._started_here, flow_run.id) if self.gate else None
-                state = await drive_render_run(self.client, flow_run, logger, started=started)
+                state = await drive_render_run(
+                    self.client, flow_run, logger, finish=self.scheduled.finish, started=started
+                )
             else:
                 state = await anyio.to_thread.run_sync(
                     partial(_run_flow_blocking, flow, flow_run), abandon_on_cancel=True

@@ -12,7 +12,8 @@ an unpolled queue or deployment as not ready.
 While it has runs in flight the worker also looks at the pool twice a second (its cancel
 watch): on our server that one read also answers whether the pool is paused and which queues
 have runs due (``server/look_route.py``), so a look that recent stands in for a count and for
-a read of the pool.
+a read of the pool. A run's final state goes with its artifact, in one request
+(``server/finish_route.py``).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import httpx
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas import OrchestrationResult
+from prefect.client.schemas.actions import ArtifactCreate
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterNextScheduledStartTime,
@@ -36,15 +39,16 @@ from prefect.client.schemas.filters import (
     WorkQueueFilter,
     WorkQueueFilterName,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.responses import WorkerFlowRunResponse
 from prefect.exceptions import Abort
-from prefect.states import Running
+from prefect.states import Running, to_state_create
 from prefect.utilities.engine import propose_state
 
 CLAIM_ROUTE = "/stablenew/work_pools/{name}/claim"  # see server/claim_route.py
 START_ROUTE = "/stablenew/flow_runs/{id}/start"
 LOOK_ROUTE = "/stablenew/work_pools/{name}/look"  # see server/look_route.py
+FINISH_ROUTE = "/stablenew/flow_runs/{id}/finish"  # see server/finish_route.py
 # A look this recent stands in for a count of the runs due (the cancel watch looks every
 # 0.5 s; the slack keeps a tick's jitter from sending a count beside every look).
 LOOK_FRESH_SECONDS = 0.75
@@ -79,6 +83,7 @@ class ScheduledRuns:
         self.can_claim = True  # until the server turns out to lack our claim route
         self.can_start = True  # likewise, its start route
         self.can_look = True  # likewise, its look route
+        self.can_finish = True  # likewise, its finish route
         self._look: PoolLook | None = None
 
     def ready_poll_due(self, now: float) -> bool:
@@ -272,6 +277,45 @@ class ScheduledRuns:
         return run.model_copy(
             update={"state": state, "state_type": state.type, "state_name": state.name}
         )
+
+    async def finish(
+        self, flow_run_id: UUID, state: State[Any], artifacts: list[ArtifactCreate]
+    ) -> OrchestrationResult[Any]:
+        """Propose a run's final ``state``, as ``client.set_flow_run_state`` does, with its
+        ``artifacts`` created in the same request if the state is accepted (see
+        ``server/finish_route.py``); against a server without the route, created first.
+        Once the server has them, they are removed from ``artifacts``; a state proposed
+        again after a lost answer, with its ``transition_id``, is refused and brings none."""
+        client = self._client()
+        if self.can_finish and artifacts:
+            state_create = to_state_create(state)
+            state_create.state_details.flow_run_id = flow_run_id
+            # One id per final state, kept when it is proposed again after a lost answer:
+            # Prefect then refuses the repeat (PreventDuplicateTransitions), artifacts too.
+            state_create.state_details.transition_id = state.state_details.transition_id or uuid4()
+            try:
+                response = await client.request(
+                    "POST",
+                    FINISH_ROUTE,  # type: ignore[arg-type]
+                    path_params={"id": flow_run_id},
+                    json={
+                        "state": state_create.model_dump(mode="json", serialize_as_any=True),
+                        "artifacts": [
+                            a.model_dump(mode="json", exclude_unset=True) for a in artifacts
+                        ],
+                    },
+                )
+            except httpx.HTTPStatusError as e:
+                if e.response.status_code != 404 or not _no_such_route(e.response):
+                    raise
+                self.can_finish = False
+            else:
+                artifacts.clear()
+                return OrchestrationResult.model_validate(response.json())
+        while artifacts:
+            await client.create_artifact(artifacts[0])
+            artifacts.pop(0)
+        return await client.set_flow_run_state(flow_run_id, state)
 
 
 def _no_such_route(response: httpx.Response) -> bool:
