@@ -128,9 +128,10 @@ async def drive_render_run(
         final = await exception_to_failed_state(exc, message="Flow run encountered an exception:")
     if started is not None:
         await started()  # a start still on its way lands before the end, not after it
-    # A final state that reached the server before it died is refused the second time
-    # (Abort): the caller then reads the run, which has ended.
-    final.state_details.transition_id = uuid4()  # the same for each try: see finish
+    # A final state that reached the server before it died is refused the second time: the
+    # same transition id is answered with the state it wrote, an Abort makes the caller read
+    # the run; either way the run has ended.
+    final.state_details.transition_id = uuid4()
     writer = cast(PrefectClient, _FinalStateWriter(finish, artifacts))
     state = await steadily(partial(propose_state, writer, final, flow_run_id=flow_run.id))
     logger.info("Finished in state %s", state)

@@ -68,8 +68,8 @@ POOL_READ_SECONDS = 1.0
 READY_CHECK_SECONDS = 1.0
 JUMP_POLL_SECONDS = 0.5  # a full lookahead looks for priority jumps this often (a count)
 # A slot that frees while at least this many runs are still staged waits for a second one,
-# and the two are claimed in one ask: on the server a claim of two cost 46.6 ms of CPU, of
-# one 32.1 ms (200 claims each). Meanwhile the lookahead counts as full (priority jumps).
+# and the two are claimed in one ask: on the server an ask for two cost 46.6 ms of CPU, for
+# one 32.1 ms (40 and 80 asks). Meanwhile the lookahead counts as full (priority jumps).
 PAIR_WHEN_STAGED = 2
 # An idle worker counts this often, not every poll tick: 2.5 counts a second keep its cost to
 # the server under 20 ms of CPU a second (bench/scaleout.py), for at most 0.4 s more before a
