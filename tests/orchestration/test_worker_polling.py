@@ -183,11 +183,15 @@ class _Asks:
 
     can_claim = True
 
-    def __init__(self) -> None:
+    def __init__(self, due: int | None) -> None:
         self.claims: list[tuple[int, list[str] | None]] = []
+        self.due = due
 
     def ready_poll_due(self, now: float) -> bool:
         return False
+
+    def due_seen(self) -> int | None:
+        return self.due
 
     async def worth_asking(self, queues: list[str] | None = None) -> bool:
         return True
@@ -198,26 +202,31 @@ class _Asks:
 
 
 @pytest.mark.parametrize(
-    ("lookahead", "in_flight", "claimed"),
+    ("lookahead", "in_flight", "due", "claimed"),
     [
-        (4, 5, [(1, ["urgent", "high"])]),  # full: only a priority jump
+        (4, 5, 50, [(1, ["urgent", "high"])]),  # full: only a priority jump
         # A slot freed with three runs still staged waits for a second: only a run that
         # outranks the staged ones takes it meanwhile, as when full.
-        (4, 4, [(1, ["urgent", "high"])]),
-        (4, 3, [(2, None)]),  # two free: both in one claim
-        (4, 1, [(4, None)]),
-        (2, 2, [(1, None)]),  # one staged only: no waiting for a pair
-        (1, 1, [(1, None)]),
+        (4, 4, 50, [(1, ["urgent", "high"])]),
+        (4, 3, 50, [(2, None)]),  # two free: both in one claim
+        (4, 1, 50, [(4, None)]),
+        (2, 2, 50, [(1, None)]),  # one staged only: no waiting for a pair
+        (1, 1, 50, [(1, None)]),
+        # Near the end of the queue (or with no recent look) a freed slot is filled at once.
+        (4, 4, 9, [(1, None)]),
+        (4, 4, None, [(1, None)]),
     ],
 )
 def test_a_worker_with_runs_staged_claims_two_at_a_time(
     monkeypatch: pytest.MonkeyPatch,
     lookahead: int,
     in_flight: int,
+    due: int | None,
     claimed: list[tuple[int, list[str] | None]],
 ) -> None:
-    """A claim of two costs the server ~47 ms of CPU, of one ~32 (PAIR_WHEN_STAGED): a worker
-    whose lookahead still holds two staged runs or more claims only once two slots are free.
+    """An ask for two costs the server ~47 ms of CPU, for one ~32 (PAIR_WHEN_STAGED): a
+    worker whose lookahead still holds two staged runs or more claims only once two slots
+    are free, while the runs due (``due``, as its last look saw them) are plenty.
     ``in_flight`` counts the generating run: the others are staged, all in "normal"."""
     import anyio
 
@@ -227,7 +236,7 @@ def test_a_worker_with_runs_staged_claims_two_at_a_time(
         worker = StableNewWorker(work_pool_name=POOL, name="pairs", lookahead=lookahead)
         assert worker.gate is not None
         worker._limiter = anyio.CapacityLimiter(lookahead + 2)
-        asks = _Asks()
+        asks = _Asks(due)
         worker.scheduled = asks  # type: ignore[assignment]
 
         async def not_paused(*_: Any) -> bool:

@@ -169,6 +169,14 @@ class ScheduledRuns:
             return None
         return look
 
+    def due_seen(self) -> int | None:
+        """Runs due in this worker's queues as a recent look saw them (``None``: none)."""
+        look = self.fresh_look(LOOK_FRESH_SECONDS)
+        if look is None:
+            return None
+        served = self._queues()
+        return sum(n for name, n in look.due.items() if not served or name in served)
+
     def _asked_queues(self, queues: list[str] | None) -> list[str] | None:
         """The queue names an ask names: those of ``queues`` this worker serves (``[]``:
         none, nothing to ask), or ``None`` for every queue of the pool."""
