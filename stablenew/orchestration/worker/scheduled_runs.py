@@ -142,17 +142,17 @@ class ScheduledRuns:
         if not self.can_look:
             return None
         try:
-            response = await self._client().request(
-                "POST",
-                LOOK_ROUTE,  # type: ignore[arg-type]
-                path_params={"name": self._pool},
-                json={"flow_run_ids": [str(run_id) for run_id in flow_run_ids]},
+            response = await self._post_ours(
+                LOOK_ROUTE,
+                {"name": self._pool},
+                {"flow_run_ids": [str(run_id) for run_id in flow_run_ids]},
             )
         except httpx.HTTPStatusError as e:
-            if e.response.status_code != 404:
-                raise
-            if _no_such_route(e.response):
-                self.can_look = False
+            if e.response.status_code == 404:
+                return None  # the pool is gone
+            raise
+        if response is None:
+            self.can_look = False
             return None
         body = response.json()
         self._look = PoolLook(
@@ -240,19 +240,14 @@ class ScheduledRuns:
         if names:
             body["work_queue_names"] = names
         try:
-            response = await self._client().request(
-                "POST",
-                CLAIM_ROUTE,  # type: ignore[arg-type]
-                path_params={"name": self._pool},
-                json=body,
-            )
+            response = await self._post_ours(CLAIM_ROUTE, {"name": self._pool}, body)
         except httpx.HTTPStatusError as e:
-            if e.response.status_code != 404:
-                raise
-            if _no_such_route(e.response):
-                self.can_claim = False
-                return None
-            return self.asked([], limit)  # the pool or a queue is gone, as next() sees it
+            if e.response.status_code == 404:
+                return self.asked([], limit)  # the pool or a queue is gone, as next() sees it
+            raise
+        if response is None:
+            self.can_claim = False
+            return None
         return self.asked(WorkerFlowRunResponse.model_validate_list(response.json()), limit)
 
     async def start(self, flow_run_id: UUID, claim_message: str) -> FlowRun:
@@ -262,18 +257,12 @@ class ScheduledRuns:
         without the route: read, and propose RUNNING only if the claim is still ours."""
         client = self._client()
         if self.can_start:
-            try:
-                response = await client.request(
-                    "POST",
-                    START_ROUTE,  # type: ignore[arg-type]
-                    path_params={"id": flow_run_id},
-                    json={"claim_message": claim_message},
-                )
+            response = await self._post_ours(
+                START_ROUTE, {"id": flow_run_id}, {"claim_message": claim_message}
+            )
+            if response is not None:
                 return FlowRun.model_validate(response.json())
-            except httpx.HTTPStatusError as e:
-                if e.response.status_code != 404 or not _no_such_route(e.response):
-                    raise
-                self.can_start = False
+            self.can_start = False
         run = await client.read_flow_run(flow_run_id)
         state = run.state
         if state is None or not state.is_pending() or state.message != claim_message:
@@ -301,29 +290,40 @@ class ScheduledRuns:
             # One id per final state, kept when it is proposed again after a lost answer:
             # Prefect then refuses the repeat (PreventDuplicateTransitions), artifacts too.
             state_create.state_details.transition_id = state.state_details.transition_id or uuid4()
-            try:
-                response = await client.request(
-                    "POST",
-                    FINISH_ROUTE,  # type: ignore[arg-type]
-                    path_params={"id": flow_run_id},
-                    json={
-                        "state": state_create.model_dump(mode="json", serialize_as_any=True),
-                        "artifacts": [
-                            a.model_dump(mode="json", exclude_unset=True) for a in artifacts
-                        ],
-                    },
-                )
-            except httpx.HTTPStatusError as e:
-                if e.response.status_code != 404 or not _no_such_route(e.response):
-                    raise
-                self.can_finish = False
-            else:
+            response = await self._post_ours(
+                FINISH_ROUTE,
+                {"id": flow_run_id},
+                {
+                    "state": state_create.model_dump(mode="json", serialize_as_any=True),
+                    "artifacts": [a.model_dump(mode="json", exclude_unset=True) for a in artifacts],
+                },
+            )
+            if response is not None:
                 artifacts.clear()
                 return OrchestrationResult.model_validate(response.json())
+            self.can_finish = False
         while artifacts:
             await client.create_artifact(artifacts[0])
             artifacts.pop(0)
         return await client.set_flow_run_state(flow_run_id, state)
+
+    async def _post_ours(
+        self, route: str, path_params: dict[str, Any], body: Any
+    ) -> httpx.Response | None:
+        """POST ``body`` to one of our server's routes; ``None`` when the server lacks the
+        route (any Prefect server but ours). A 404 of the route itself (a pool, queue or run
+        that is gone) is raised, as is every other error."""
+        try:
+            return await self._client().request(
+                "POST",
+                route,  # type: ignore[arg-type]
+                path_params=path_params,
+                json=body,
+            )
+        except httpx.HTTPStatusError as e:
+            if e.response.status_code == 404 and _no_such_route(e.response):
+                return None
+            raise
 
 
 def _no_such_route(response: httpx.Response) -> bool:
