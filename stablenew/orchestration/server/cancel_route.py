@@ -42,14 +42,13 @@ from uuid import UUID
 
 from fastapi import Body, Depends, HTTPException, Request, status
 from prefect.server import models, schemas
-from prefect.server.api import dependencies
 from prefect.server.database import PrefectDBInterface, provide_database_interface
-from prefect.server.orchestration import dependencies as orchestration_dependencies
-from prefect.server.orchestration.policies import FlowRunOrchestrationPolicy
 from prefect.server.services.cancellation_cleanup import (
     maybe_schedule_cancelling_timeout_check_for_state,
 )
 from prefect.server.utilities.server import PrefectRouter
+
+from stablenew.orchestration.server.orchestration import FlowOrchestration, flow_orchestration
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +89,7 @@ async def cancel_flow_runs(
     flow_run_ids: list[UUID] | None = Body(None),
     message: str = Body("cancel requested"),
     db: PrefectDBInterface = Depends(provide_database_interface),
-    flow_policy: type[FlowRunOrchestrationPolicy] = Depends(
-        orchestration_dependencies.provide_flow_policy
-    ),
-    orchestration_parameters: dict[str, Any] = Depends(
-        orchestration_dependencies.provide_flow_orchestration_parameters
-    ),
-    api_version: str = Depends(dependencies.provide_request_api_version),
-    client_version: str | None = Depends(dependencies.get_prefect_client_version),
+    orchestration: FlowOrchestration = Depends(flow_orchestration),
 ) -> list[dict[str, Any]]:
     if not tags and not flow_run_ids and not work_pool_name:
         raise HTTPException(
@@ -107,7 +99,6 @@ async def cancel_flow_runs(
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, f"Cannot cancel more than {LIMIT} flow runs at once."
         )
-    orchestration_parameters.update({"api-version": api_version})
     run_filter = schemas.filters.FlowRunFilter(
         state=schemas.filters.FlowRunFilterState(
             type=schemas.filters.FlowRunFilterStateType(any_=ACTIVE)
@@ -141,17 +132,11 @@ async def cancel_flow_runs(
         for run in runs:
             session.expunge(run)
         for run in runs:
-            result = await models.flow_runs.set_flow_run_state(
-                session=session,
-                flow_run_id=run.id,
+            result = await orchestration.propose(
                 # A new state (and state id) per run, as each set_state request makes.
-                state=schemas.states.State(
-                    type=schemas.states.StateType.CANCELLING, message=message
-                ),
-                force=False,
-                flow_policy=flow_policy,
-                orchestration_parameters=dict(orchestration_parameters),
-                client_version=client_version,
+                session,
+                run.id,
+                schemas.states.State(type=schemas.states.StateType.CANCELLING, message=message),
             )
             state = result.state
             if state is not None and state.type == schemas.states.StateType.CANCELLING:

@@ -59,10 +59,10 @@ from prefect.server.api import dependencies
 from prefect.server.database import PrefectDBInterface, provide_database_interface
 from prefect.server.models.deployments import mark_deployments_ready
 from prefect.server.models.work_queues import mark_work_queues_ready
-from prefect.server.orchestration import dependencies as orchestration_dependencies
-from prefect.server.orchestration.policies import FlowRunOrchestrationPolicy
 from prefect.server.schemas.statuses import WorkQueueStatus
 from prefect.server.utilities.server import PrefectRouter
+
+from stablenew.orchestration.server.orchestration import FlowOrchestration, flow_orchestration
 
 logger = logging.getLogger(__name__)
 
@@ -91,16 +91,8 @@ async def claim_flow_runs(
     work_queue_names: list[str] | None = Body(None),
     exclude: list[UUID] = Body(default_factory=list),
     db: PrefectDBInterface = Depends(provide_database_interface),
-    flow_policy: type[FlowRunOrchestrationPolicy] = Depends(
-        orchestration_dependencies.provide_flow_policy
-    ),
-    orchestration_parameters: dict[str, Any] = Depends(
-        orchestration_dependencies.provide_flow_orchestration_parameters
-    ),
-    api_version: str = Depends(dependencies.provide_request_api_version),
-    client_version: str | None = Depends(dependencies.get_prefect_client_version),
+    orchestration: FlowOrchestration = Depends(flow_orchestration),
 ) -> list[schemas.responses.WorkerFlowRunResponse]:
-    orchestration_parameters.update({"api-version": api_version})
     claimed: list[schemas.responses.WorkerFlowRunResponse] = []
     skip = set(exclude)
     async with db.session_context(begin_transaction=True, with_for_update=True) as session:
@@ -146,16 +138,10 @@ async def claim_flow_runs(
                     passed += 1
                     continue
                 tried.add(run.id)
-                result = await models.flow_runs.set_flow_run_state(
-                    session=session,
-                    flow_run_id=run.id,
-                    state=schemas.states.State(
-                        type=schemas.states.StateType.PENDING, message=message
-                    ),
-                    force=False,
-                    flow_policy=flow_policy,
-                    orchestration_parameters=dict(orchestration_parameters),
-                    client_version=client_version,
+                result = await orchestration.propose(
+                    session,
+                    run.id,
+                    schemas.states.State(type=schemas.states.StateType.PENDING, message=message),
                 )
                 state = result.state
                 if result.status != schemas.responses.SetStateStatus.ACCEPT or state is None:
@@ -242,20 +228,12 @@ async def start_flow_run(
     flow_run_id: UUID = Path(..., alias="id"),
     claim_message: str = Body(..., embed=True),
     db: PrefectDBInterface = Depends(provide_database_interface),
-    flow_policy: type[FlowRunOrchestrationPolicy] = Depends(
-        orchestration_dependencies.provide_flow_policy
-    ),
-    orchestration_parameters: dict[str, Any] = Depends(
-        orchestration_dependencies.provide_flow_orchestration_parameters
-    ),
-    api_version: str = Depends(dependencies.provide_request_api_version),
-    client_version: str | None = Depends(dependencies.get_prefect_client_version),
+    orchestration: FlowOrchestration = Depends(flow_orchestration),
 ) -> schemas.responses.FlowRunResponse:
     """Propose RUNNING for a run only if it is still PENDING with ``claim_message`` (the
     caller's claim), in one transaction: the check a worker would read first and the write
     it would then make. Answers the run as it is afterwards, so the caller sees why a start
     did not happen (cancelled meanwhile, or put back and claimed by another worker)."""
-    orchestration_parameters.update({"api-version": api_version})
     async with db.session_context(begin_transaction=True, with_for_update=True) as session:
         # The check reads two columns, not the run with its state, queue and pool (four
         # statements), which set_flow_run_state reads anyway.
@@ -271,14 +249,10 @@ async def start_flow_run(
             raise HTTPException(status.HTTP_404_NOT_FOUND, "Flow run not found")
         if tuple(current) == (schemas.states.StateType.PENDING, claim_message):
             with _holding_loaded(session, db.FlowRun) as loaded:
-                await models.flow_runs.set_flow_run_state(
-                    session=session,
-                    flow_run_id=flow_run_id,
-                    state=schemas.states.State(type=schemas.states.StateType.RUNNING),
-                    force=False,
-                    flow_policy=flow_policy,
-                    orchestration_parameters=orchestration_parameters,
-                    client_version=client_version,
+                await orchestration.propose(
+                    session,
+                    flow_run_id,
+                    schemas.states.State(type=schemas.states.StateType.RUNNING),
                 )
             # Answered from the run set_flow_run_state loaded and gave its new state, not
             # read again with its state, queue and pool (four statements); a column its

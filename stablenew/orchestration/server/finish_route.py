@@ -28,15 +28,14 @@ from uuid import UUID, uuid4
 
 from fastapi import Body, Depends, HTTPException, Path, Response, status
 from prefect.server import models, schemas
-from prefect.server.api import dependencies
 from prefect.server.database import PrefectDBInterface, provide_database_interface
 from prefect.server.events.clients import PrefectServerEventsClient
 from prefect.server.events.schemas.events import Event
-from prefect.server.orchestration import dependencies as orchestration_dependencies
-from prefect.server.orchestration.policies import FlowRunOrchestrationPolicy
 from prefect.server.schemas.responses import OrchestrationResult
 from prefect.server.utilities.server import PrefectRouter
 from prefect.types._datetime import now
+
+from stablenew.orchestration.server.orchestration import FlowOrchestration, flow_orchestration
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +60,7 @@ async def finish_flow_run(
         default_factory=list, max_length=MAX_ARTIFACTS
     ),
     db: PrefectDBInterface = Depends(provide_database_interface),
-    flow_policy: type[FlowRunOrchestrationPolicy] = Depends(
-        orchestration_dependencies.provide_flow_policy
-    ),
-    orchestration_parameters: dict[str, Any] = Depends(
-        orchestration_dependencies.provide_flow_orchestration_parameters
-    ),
-    api_version: str = Depends(dependencies.provide_request_api_version),
-    client_version: str | None = Depends(dependencies.get_prefect_client_version),
+    orchestration: FlowOrchestration = Depends(flow_orchestration),
 ) -> OrchestrationResult:
     """Propose a final state; if accepted, create ``artifacts`` for the run in the same
     transaction."""
@@ -76,17 +68,12 @@ async def finish_flow_run(
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_ENTITY, f"not a final state: {state.type.value}"
         )
-    orchestration_parameters.update({"api-version": api_version})
     right_now = now("UTC")
     async with db.session_context(begin_transaction=True, with_for_update=True) as session:
-        result = await models.flow_runs.set_flow_run_state(
-            session=session,
-            flow_run_id=flow_run_id,
-            state=schemas.states.State.model_validate(state),
-            force=False,
-            flow_policy=flow_policy,
-            orchestration_parameters=orchestration_parameters,
-            client_version=client_version,
+        result = await orchestration.propose(
+            session,
+            flow_run_id,
+            schemas.states.State.model_validate(state),
         )
         created: list[Any] = []
         if result.status == schemas.responses.SetStateStatus.ACCEPT:
